@@ -1,0 +1,83 @@
+"""Every private `torch._*` API the package touches, behind one door (imported lazily)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+
+def compile_fx(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+    from torch._inductor.compile_fx import compile_fx as _compile_fx
+
+    return _compile_fx(gm, example_inputs)
+
+
+@contextlib.contextmanager
+def inductor_cache_cond_graphs() -> Iterator[None]:
+    """Let inductor's FX graph cache store graphs that contain `torch.cond`.
+
+    The cache refuses higher-order ops by default (`fxgraph_cache_bypass`), so every new process
+    would re-lower the whole model. `cond` is safe to cache here: its branch subgraphs are part of
+    the graph module that the cache key hashes (tests/test_compile_cache.py checks that a changed
+    branch does not hit a stale entry).
+    """
+    import torch._inductor.config as inductor_config
+
+    marked = dict(getattr(inductor_config, "unsafe_marked_cacheable_functions", {}) or {})
+    marked["torch.ops.higher_order.cond"] = f"dit_cache_fx:{torch.__version__}"
+    with inductor_config.patch(unsafe_marked_cacheable_functions=marked):
+        yield
+
+
+def dynamo_source_name(node: torch.fx.Node) -> str | None:
+    """The Dynamo source expression of a placeholder (e.g. `L['kwargs']['timestep']`), if any."""
+    source = getattr(node, "_dynamo_source", None)
+    return None if source is None else source.name
+
+
+def copy_dynamo_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A private copy of a Dynamo GraphModule that can be mutated freely.
+
+    The graph handed to a backend is shared with Dynamo's OutputGraph, which reads placeholder meta
+    after the backend returns; it must not be edited in place. The copy keeps what AOTAutograd reads:
+    `gm.meta`, `_param_name_to_source` and each placeholder's `_dynamo_source` attribute.
+    """
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    out = graph.graph_copy(gm.graph, env)
+    graph.output(out)
+    for old, new in env.items():
+        if old.op == "placeholder" and hasattr(old, "_dynamo_source"):
+            new._dynamo_source = old._dynamo_source
+    new_gm = torch.fx.GraphModule(gm, graph)
+    new_gm.meta = dict(getattr(gm, "meta", {}))
+    if hasattr(gm, "_param_name_to_source"):
+        new_gm._param_name_to_source = gm._param_name_to_source
+    return new_gm
+
+
+def mark_stateful_placeholder(node: torch.fx.Node) -> None:
+    """AOTAutograd accepts extra placeholders whose source is None (as for DDPOptimizer splits)."""
+    node._dynamo_source = None
+
+
+def storage_key(value: Any) -> Any:
+    """Identity of a (fake) tensor's storage, to find operands that alias each other."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    return StorageWeakRef(value.untyped_storage())
+
+
+def dynamo_counters() -> dict:
+    from torch._dynamo.utils import counters
+
+    return counters
+
+
+def dynamo_explain(fn: Callable, *args, **kwargs) -> Any:
+    import torch._dynamo
+
+    return torch._dynamo.explain(fn)(*args, **kwargs)

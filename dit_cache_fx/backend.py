@@ -1,0 +1,111 @@
+"""The Dynamo backend: copy the graph → find block runs → plan Fn|Mn|Bn → rewrite Mn as a cache
+region → compile with inductor. Returns a callable that appends the cache state to the inputs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch.fx import GraphModule
+
+from . import _compat
+from .config import CacheConfig
+from .passes.blocks import BlockRun, _sig, find_runs, main_run
+from .passes.cache_region import rewrite_cache_region
+from .passes.plan import RegionPlan, plan_region
+from .runtime import RegionState
+
+log = logging.getLogger(__name__)
+
+
+class NoBlockRunError(ValueError):
+    """The traced model has no run of repeated transformer blocks to cache."""
+
+
+@dataclass
+class GraphRecord:
+    """What the backend did with one Dynamo graph (for `explain`)."""
+
+    runs: list[BlockRun]
+    plan: RegionPlan | None
+    code: str
+    branch_code: dict[str, str]
+    state: RegionState | None
+    num_nodes: int
+
+
+@dataclass
+class CacheHandle:
+    """Per compiled module: config, the graphs seen, and the state used by the latest call."""
+
+    config: CacheConfig | None
+    hidden_input: str | None
+    on_no_blocks: str = "raise"
+    graphs: list[GraphRecord] = field(default_factory=list)
+    active: RegionState | None = None
+
+    @property
+    def states(self) -> list[RegionState]:
+        return [g.state for g in self.graphs if g.state is not None]
+
+
+class CacheBackend:
+    """`torch.compile(model, backend=CacheBackend(handle))`."""
+
+    def __init__(self, handle: CacheHandle) -> None:
+        self.handle = handle
+
+    def __call__(self, gm: GraphModule, example_inputs: list) -> callable:
+        cfg = self.handle.config
+        if cfg is None:
+            with torch.no_grad():
+                compiled = _compat.compile_fx(gm, example_inputs)
+            self.handle.graphs.append(GraphRecord([], None, gm.code, {}, None, len(gm.graph.nodes)))
+            return _no_grad(compiled)
+        gm = _compat.copy_dynamo_graph(gm)
+        gm.meta["dit_cache_fx_hidden_input"] = self.handle.hidden_input
+        runs = find_runs(gm)
+        if not runs:
+            record = GraphRecord([], None, gm.code, {}, None, len(gm.graph.nodes))
+            self.handle.graphs.append(record)
+            with torch.no_grad():
+                return _no_grad(_compat.compile_fx(gm, example_inputs))
+        run = main_run(runs)
+        plan = plan_region(gm, run, cfg.Fn_compute_blocks, cfg.Bn_compute_blocks, cfg.timestep_arg)
+        hidden = _static_sig(plan.fn_out)
+        streams = [_static_sig(s) for s in plan.stream_in]
+        device = plan.fn_out.meta["example_value"].device
+        state = RegionState.allocate(cfg, hidden, streams, device)
+        state.description = run.describe()
+        rewrite_cache_region(gm, plan, cfg.taylorseer_order)
+        branch_code = {name: getattr(gm, name).code for name in ("dit_cache_compute", "dit_cache_cached")}
+        self.handle.graphs.append(GraphRecord(runs, plan, gm.code, branch_code, state, len(gm.graph.nodes)))
+        log.info("dit_cache_fx: caching %s as F%dM%dB%d", run.describe(), plan.Fn, plan.Mn, plan.Bn)
+        with torch.no_grad(), _compat.inductor_cache_cond_graphs():
+            compiled = _compat.compile_fx(gm, [*example_inputs, *state.tensors])
+        handle, extra = self.handle, state.tensors
+
+        def run_cached(*args):
+            handle.active = state
+            with torch.no_grad():
+                return compiled(*args, *extra)
+
+        return run_cached
+
+
+def _no_grad(fn):
+    def run(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return run
+
+
+def _static_sig(node) -> tuple:
+    shape, dtype = _sig(node)
+    if not all(isinstance(s, int) for s in shape):
+        raise ValueError(
+            "dit_cache_fx needs static shapes for the cached streams (got symbolic sizes "
+            f"{shape}); compile with dynamic=False (the default used by dit_cache_fx.compile)")
+    return shape, dtype
