@@ -56,6 +56,9 @@ class CacheBackend:
     def __init__(self, handle: CacheHandle) -> None:
         self.handle = handle
 
+    def __repr__(self) -> str:
+        return f"dit_cache_fx(cache={self.handle.config})"
+
     def __call__(self, gm: GraphModule, example_inputs: list) -> callable:
         cfg = self.handle.config
         if cfg is None:

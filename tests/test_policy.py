@@ -1,0 +1,112 @@
+"""Decision sequences: warmup / M / MC golden strings (cache-dit semantics doc §1.8, with our MC fix),
+the anchor rule (diff against the last *computed* step), run both in the eager reference and in the
+compiled graph, whose policy is changed through `configure` without recompiling."""
+
+import pytest
+import torch
+
+import dit_cache_fx
+from dit_cache_fx import CacheConfig
+from dit_cache_fx.reference import decision_string
+from helpers import handle
+from toy import ToyDiT
+
+# 1 = computed, 0 = cached; the diff always passes (threshold >= 1), W8 unless given, 28 steps
+GOLDEN = {
+    "R1.0": "1111111100000000000000000000",
+    "MC1_R1.0": "1111111101010101010101010101",  # cache-dit's quirk gives 1111111101001001001001001001
+    "MC2_R1.0": "1111111100100100100100100100",
+    "MC3_R1.0": "1111111100010001000100010001",
+    "MC4_R1.0": "1111111100001000010000100001",
+    "W8I2_R1.0": "1010101000000000000000000000",
+    "W4M5_R1.0": "1111000001111111111111111111",
+    "W4M5MC2_R1.0": "1111001001011111111111111111",
+    "R0": "1" * 28,
+    "R-1": "1" * 28,
+}
+
+
+def _string(cached: list[int], steps: int) -> str:
+    return "".join("0" if s in cached else "1" for s in range(steps))
+
+
+@pytest.mark.parametrize("spec", list(GOLDEN))
+def test_reference_golden(spec):
+    assert decision_string(CacheConfig.parse("F1B0_" + spec), 28) == GOLDEN[spec]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    torch.manual_seed(0)
+    model = ToyDiT().eval()
+    compiled = dit_cache_fx.compile(model, cache="F1B0_R0", fullgraph=True)
+    return model, compiled
+
+
+def _toy_loop(compiled, steps=28, ratio=0.98, cfg=False):
+    x = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for s in range(steps):
+            t = torch.tensor([1000 * ratio ** s])
+            compiled(x, t)
+            if cfg:
+                compiled(x * 0.5, t)
+
+
+def test_compiled_golden_no_recompile(toy):
+    _, compiled = toy
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for spec, want in GOLDEN.items():
+            dit_cache_fx.configure(compiled, "F1B0_" + spec)
+            _toy_loop(compiled)
+            assert _string(dit_cache_fx.summary(compiled).cached_steps, 28) == want, spec
+    assert len(handle(compiled).graphs) == 1
+
+
+def test_anchor_is_last_computed_step(toy):
+    """Residual r_s = 0.98^s·w: the diff against the anchor grows 1−0.98^k until it crosses 0.08 and the
+    step is recomputed, re-anchoring (cache-dit's 0.019, 0.038, 0.057, 0.076, 0.094→recompute)."""
+    _, compiled = toy
+    dit_cache_fx.configure(compiled, "F1B0_W1_R0.08")
+    _toy_loop(compiled, steps=12)
+    s = dit_cache_fx.summary(compiled)
+    assert _string(s.cached_steps, 12) == "100001000010"
+    expected = {k: 1 - 0.98 ** ((k - 1) % 5 + 1) for k in range(1, 12)}
+    assert s.residual_diffs.keys() == expected.keys()
+    for k, d in expected.items():
+        assert s.residual_diffs[k] == pytest.approx(d, rel=1e-4)
+
+
+def test_reset_and_new_generation(toy):
+    _, compiled = toy
+    dit_cache_fx.configure(compiled, "F1B0_W2_R1.0")
+    _toy_loop(compiled, steps=6)
+    assert dit_cache_fx.summary(compiled).cached_steps == [2, 3, 4, 5]
+    # same timesteps again: detected as a new generation, warmup starts over
+    _toy_loop(compiled, steps=3)
+    s = dit_cache_fx.summary(compiled)
+    assert s.num_steps == 3 and s.cached_steps == [2]
+    # explicit reset in the middle of a schedule: the next call is step 0
+    dit_cache_fx.reset(compiled)
+    with torch.no_grad():
+        compiled(torch.randn(1, 8, 16), torch.tensor([10.0]))
+    s = dit_cache_fx.summary(compiled)
+    assert s.num_steps == 1 and s.cached_steps == []
+
+
+def test_separate_cfg_detected_and_forced(toy):
+    _, compiled = toy
+    dit_cache_fx.configure(compiled, "F1B0_W2MC2_R1.0")
+    _toy_loop(compiled, steps=8, cfg=True)
+    s = dit_cache_fx.summary(compiled)
+    assert s.separate_cfg and s.num_steps == 8
+    assert s.branches[0].cached_steps == s.branches[1].cached_steps == [2, 3, 5, 6]
+    dit_cache_fx.configure(compiled, "F1B0_W2MC2_R1.0_CFG0")  # forced off: every call is its own step
+    _toy_loop(compiled, steps=8, cfg=True)
+    s = dit_cache_fx.summary(compiled)
+    # cond and uncond share a timestep, so with CFG forced off each cond call starts a new generation
+    assert not s.separate_cfg
+    dit_cache_fx.configure(compiled, "F1B0_W2MC2_R1.0_CFG1")
+    _toy_loop(compiled, steps=8, cfg=True)
+    s = dit_cache_fx.summary(compiled)
+    assert s.separate_cfg and s.branches[1].cached_steps == [2, 3, 5, 6]
