@@ -33,6 +33,7 @@ class GraphRecord:
     branch_code: dict[str, str]
     state: RegionState | None
     num_nodes: int
+    gm: GraphModule | None = None  # the rewritten graph, before inductor
 
 
 @dataclass
@@ -83,7 +84,7 @@ class CacheBackend:
         state.description = run.describe()
         rewrite_cache_region(gm, plan, cfg.taylorseer_order)
         branch_code = {name: getattr(gm, name).code for name in ("dit_cache_compute", "dit_cache_cached")}
-        self.handle.graphs.append(GraphRecord(runs, plan, gm.code, branch_code, state, len(gm.graph.nodes)))
+        self.handle.graphs.append(GraphRecord(runs, plan, gm.code, branch_code, state, len(gm.graph.nodes), gm))
         log.info("dit_cache_fx: caching %s as F%dM%dB%d", run.describe(), plan.Fn, plan.Mn, plan.Bn)
         with torch.no_grad(), _compat.inductor_cache_cond_graphs():
             compiled = _compat.compile_fx(gm, [*example_inputs, *state.tensors])

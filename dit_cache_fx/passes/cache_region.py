@@ -70,7 +70,8 @@ def rewrite_cache_region(gm: GraphModule, plan: RegionPlan, order: int) -> list[
     # rewire: everything after the region now reads the cond outputs
     region_set = set(plan.region)
     for k, old in enumerate(plan.stream_out):
-        outs[k].meta = dict(old.meta)
+        # keep the value meta; the node itself no longer belongs to a block
+        outs[k].meta = {key: v for key, v in old.meta.items() if key not in ("nn_module_stack", "source_fn_stack")}
         old.replace_all_uses_with(outs[k], delete_user_cb=lambda u: u not in region_set)
     for n in reversed(plan.region):
         graph.erase_node(n)

@@ -1,0 +1,55 @@
+"""explain() and summary() report what the passes found and did; the rewritten graph has the
+expected structure (one cond, Mn blocks only inside its compute branch)."""
+
+import pytest
+import torch
+
+import dit_cache_fx
+from dit_cache_fx.passes.blocks import node_block
+from helpers import handle
+from toy import ToyDiT
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    torch.manual_seed(0)
+    c = dit_cache_fx.compile(ToyDiT(num_layers=5), cache="F1B1_W1_R1.0", fullgraph=True)
+    with torch.no_grad():
+        for s in range(4):
+            c(torch.randn(1, 8, 16), torch.tensor([100.0 - s]))
+    return c
+
+
+def _blocks_in(gm):
+    return {node_block(n)[0] for n in gm.graph.nodes if n.op != "placeholder" and node_block(n)}
+
+
+def test_rewritten_graph_structure(compiled):
+    rec = handle(compiled).graphs[0]
+    conds = [n for n in rec.gm.graph.nodes if n.target is torch.ops.higher_order.cond]
+    assert len(conds) == 1
+    assert _blocks_in(rec.gm) == {"transformer_blocks.0", "transformer_blocks.4"}
+    assert _blocks_in(rec.gm.dit_cache_compute) == {f"transformer_blocks.{i}" for i in (1, 2, 3)}
+    assert _blocks_in(rec.gm.dit_cache_cached) == set()
+    # the cached branch is only the residual add + state copy
+    ops = [n for n in rec.gm.dit_cache_cached.graph.nodes if n.op in ("call_function", "call_method")]
+    assert len(ops) == 2
+
+
+def test_explain_report(compiled):
+    rep = dit_cache_fx.explain(compiled, torch.randn(1, 8, 16), torch.tensor([3.0]))
+    assert rep.graph_break_count == 0 and rep.graph_count == 1
+    assert rep.runs == ["transformer_blocks[0:5] (5 blocks, streams=hidden, P3)"]
+    assert rep.split.startswith("Fn=1 [transformer_blocks.0..transformer_blocks.0] | Mn=3 "
+                                "[transformer_blocks.1..transformer_blocks.3] | Bn=1 [transformer_blocks.4")
+    text = str(rep)
+    assert "torch.ops.higher_order.cond(" in text and "runtime_decide(" in text and "branch dit_cache_compute" in text
+
+
+def test_summary_table(compiled):
+    s = dit_cache_fx.summary(compiled)
+    assert s.cached_steps == [1, 2, 3] and s.num_steps == 4
+    assert set(s.residual_diffs) == {1, 2, 3}
+    assert all(d > 0 for d in s.residual_diffs.values())
+    text = str(s)
+    assert "| cond | 3/4 | [1, 2, 3] |" in text
