@@ -52,7 +52,7 @@ def decide(ctl: torch.Tensor, tst: torch.Tensor, prm: torch.Tensor, anchor: torc
     computed step, n_valid: int64[] valid Taylor factors of the branch before this step).
     """
     t = timestep.reshape(-1)[0].to(torch.float32)
-    thr, W, I, M, MC, mode, K = prm.unbind()
+    thr, W, interval, M, MC, mode, K = prm.unbind()
     has_last = ctl[NCALLS] > 0
     repeat = has_last & (t == tst[0])
     cfg_on = (mode == 1) | ((mode < 0) & (ctl[CFG_SEEN] > 0))
@@ -71,7 +71,7 @@ def decide(ctl: torch.Tensor, tst: torch.Tensor, prm: torch.Tensor, anchor: torc
     fn_res = fn_out - fn_entry
     prev = anchor.index_select(0, b.view(1)).squeeze(0)
     diff = _rel_l1(prev, fn_res)
-    in_warmup = (step < W) & (torch.remainder(step, I.long()) == 0)
+    in_warmup = (step < W) & (torch.remainder(step, interval.long()) == 0)
     consulted = ~in_warmup & (has_prev > 0) & ~((M >= 0) & (n_cached >= M)) & ~((MC >= 0) & (n_cont >= MC)) & (thr > 0)
     use_cache = consulted & ((diff < thr) | (thr >= 1))
     cached = use_cache.long()

@@ -6,6 +6,7 @@ import torch
 
 import dit_cache_fx
 from dit_cache_fx.reference import EagerDBCache
+
 from tiny_models import TinyModel, run_loop
 
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import dit_cache_fx
+
 from toy import NoBlocks, ToyDiT
 
 

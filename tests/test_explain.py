@@ -6,6 +6,7 @@ import torch
 
 import dit_cache_fx
 from dit_cache_fx.passes.blocks import node_block
+
 from helpers import handle
 from toy import ToyDiT
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import dit_cache_fx
+
 from helpers import handle, max_rel_err, oracle_run, pick_threshold
 from tiny_models import MODELS, run_loop
 

@@ -8,6 +8,7 @@ import torch
 import dit_cache_fx
 from dit_cache_fx import CacheConfig
 from dit_cache_fx.reference import decision_string
+
 from helpers import handle
 from toy import ToyDiT
 
