@@ -142,23 +142,39 @@ def _flows_into(a: Block, b: Block) -> bool:
 
 
 def find_runs(gm: GraphModule) -> list[BlockRun]:
-    """Maximal chains of blocks whose streams flow from one block straight into the next."""
+    """Maximal chains of blocks whose streams flow from one block straight into the next.
+
+    First each block list is cut into runs of consecutive blocks; then a run chains onto the previous
+    one when every stream entering it comes straight out of the previous run's last block (Flux's
+    single blocks continue the double blocks; HunyuanVideo's text refiner feeds only the encoder
+    stream of the double blocks, so it stays a run of its own).
+    """
     runs: list[list[Block]] = []
     for blk in find_blocks(gm):
-        if runs and _flows_into(runs[-1][-1], blk) and _same_list_or_new_list(runs[-1][-1], blk):
+        prev = runs[-1][-1] if runs else None
+        if prev is not None and prev.container == blk.container and blk.index == prev.index + 1 \
+                and _flows_into(prev, blk):
             runs[-1].append(blk)
         else:
             runs.append([blk])
-    result = [BlockRun(r) for r in runs if len(r) >= 2]
+    chained: list[list[Block]] = []
+    for r in runs:
+        if chained and _chains(chained[-1], r):
+            chained[-1].extend(r)
+        else:
+            chained.append(r)
+    result = [BlockRun(r) for r in chained if len(r) >= 2]
     for run in result:
         _annotate_streams(gm, run)
     return result
 
 
-def _same_list_or_new_list(a: Block, b: Block) -> bool:
-    if a.container == b.container:
-        return b.index == a.index + 1
-    return b.index == 0
+def _chains(a: list[Block], b: list[Block]) -> bool:
+    if b[0].index != 0 or not _flows_into(a[-1], b[0]):
+        return False
+    outs = set(block_outputs(a[-1]))
+    entry = carried_entry(BlockRun(b)) if len(b) >= 2 else [n for n in block_inputs(b[0]) if n in outs]
+    return bool(entry) and all(n in outs for n in entry)
 
 
 def main_run(runs: list[BlockRun]) -> BlockRun:
