@@ -14,6 +14,7 @@ no sentinel diffs, a new generation is detected from the timestep).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,7 +159,8 @@ class EagerDBCache:
 
     # ---- hooks ----
     def _begin(self, module, args, kwargs):
-        t = kwargs.get(self.timestep_arg)
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+        t = bound.get(self.timestep_arg, kwargs.get(self.timestep_arg))
         t = float(t.reshape(-1)[0].float()) if isinstance(t, torch.Tensor) else float(t)
         _, self._branch = self.policy.begin_call(t)
         self._cached = False
