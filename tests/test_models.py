@@ -51,5 +51,6 @@ def test_model_matches_eager_and_oracle(name):
 
     from torch._dynamo.utils import counters
     assert len(counters["graph_break"]) == 0
+    assert counters["stats"]["unique_graphs"] == 1
     assert len(handle(compiled).graphs) == 1  # one backend compilation for everything above
     assert len(handle(compiled).states) == 1
