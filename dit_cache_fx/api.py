@@ -46,6 +46,10 @@ def compile(module: torch.nn.Module, cache: str | CacheConfig | None = "F8B0", *
     if torch_compile_kwargs.get("dynamic"):
         raise ValueError("dit_cache_fx.compile needs static shapes: dynamic=True is not supported")
     torch_compile_kwargs.setdefault("dynamic", False)
+    # each compiled wrapper keeps its own Dynamo entries: several cache settings of one model class (or
+    # several diffusers models sharing a forward wrapper) neither count as each other's recompiles nor
+    # exhaust the shared recompile limit
+    torch_compile_kwargs.setdefault("isolate_recompiles", True)
     config = None if cache is None else as_config(cache)
     handle = CacheHandle(config, _first_input_name(module), on_no_blocks)
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)

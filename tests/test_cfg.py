@@ -4,6 +4,7 @@ independent cache states and equals the eager oracle; the compiled module stays 
 import torch
 
 import dit_cache_fx
+
 from helpers import handle, max_rel_err, oracle_run, pick_threshold
 from tiny_models import MODELS, run_loop
 

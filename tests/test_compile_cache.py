@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import dit_cache_fx
+
 from helpers import handle
 from toy import ToyDiT
 

@@ -6,6 +6,7 @@ import torch
 
 import dit_cache_fx
 from dit_cache_fx import reference
+
 from helpers import handle, max_rel_err
 from toy import ToyDiT
 
