@@ -16,18 +16,22 @@ def compile_fx(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
 
 
 @contextlib.contextmanager
-def inductor_cache_cond_graphs() -> Iterator[None]:
-    """Let inductor's FX graph cache store graphs that contain `torch.cond`.
+def compile_caches_for(functions: list[Callable], version: str) -> Iterator[None]:
+    """Let inductor's FX graph cache and AOTAutograd's cache store graphs that call `torch.cond` and
+    `functions` (our in-graph runtime helpers).
 
-    The cache refuses higher-order ops by default (`fxgraph_cache_bypass`), so every new process
-    would re-lower the whole model. `cond` is safe to cache here: its branch subgraphs are part of
-    the graph module that the cache key hashes (tests/test_compile_cache.py checks that a changed
-    branch does not hit a stale entry).
+    Both caches refuse higher-order ops and non-torch Python callables by default, so every new process
+    would re-trace and re-lower the whole model. The functions are pure tensor code keyed by `version`
+    (a hash of their source files, part of the inductor config and so of the cache key), and the cond
+    branches are submodules of the hashed graph module (tests/test_compile_cache.py checks that a changed
+    branch misses).
     """
     import torch._inductor.config as inductor_config
 
     marked = dict(getattr(inductor_config, "unsafe_marked_cacheable_functions", {}) or {})
-    marked["torch.ops.higher_order.cond"] = f"dit_cache_fx:{torch.__version__}"
+    marked["torch.ops.higher_order.cond"] = version
+    for fn in functions:
+        marked[f"{fn.__module__}.{fn.__name__}"] = version
     with inductor_config.patch(unsafe_marked_cacheable_functions=marked):
         yield
 

@@ -53,7 +53,9 @@ def compile(module: torch.nn.Module, cache: str | CacheConfig | None = "F8B0", *
     config = None if cache is None else as_config(cache)
     handle = CacheHandle(config, _first_input_name(module), on_no_blocks)
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
-    setattr(compiled, _HANDLE_ATTR, handle)
+    # on the wrapper itself (its __setattr__ would forward to the original module, which several compiled
+    # wrappers may share)
+    compiled.__dict__[_HANDLE_ATTR] = handle
     if config is not None:
         hook = compiled.register_forward_hook(lambda *_: _check_found(handle, hook))
     return compiled
@@ -82,7 +84,7 @@ def _check_found(handle: CacheHandle, hook) -> None:
 
 
 def _handle(module: torch.nn.Module) -> CacheHandle:
-    handle = getattr(module, _HANDLE_ATTR, None)
+    handle = module.__dict__.get(_HANDLE_ATTR)
     if handle is None:
         raise TypeError(f"{type(module).__name__} was not compiled by dit_cache_fx.compile")
     return handle

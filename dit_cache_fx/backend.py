@@ -3,14 +3,18 @@ region → compile with inductor. Returns a callable that appends the cache stat
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.fx import GraphModule
 
-from . import _compat
+from . import _compat, runtime
 from .config import CacheConfig
+from .passes import cache_region
 from .passes.blocks import BlockRun, _sig, find_runs, main_run
 from .passes.cache_region import rewrite_cache_region
 from .passes.plan import RegionPlan, plan_region
@@ -86,7 +90,7 @@ class CacheBackend:
         branch_code = {name: getattr(gm, name).code for name in ("dit_cache_compute", "dit_cache_cached")}
         self.handle.graphs.append(GraphRecord(runs, plan, gm.code, branch_code, state, len(gm.graph.nodes), gm))
         log.info("dit_cache_fx: caching %s as F%dM%dB%d", run.describe(), plan.Fn, plan.Mn, plan.Bn)
-        with torch.no_grad(), _compat.inductor_cache_cond_graphs():
+        with torch.no_grad(), _compat.compile_caches_for(_IN_GRAPH_FUNCTIONS, _source_version()):
             compiled = _compat.compile_fx(gm, [*example_inputs, *state.tensors])
         handle, extra = self.handle, state.tensors
 
@@ -96,6 +100,21 @@ class CacheBackend:
                 return compiled(*args, *extra)
 
         return run_cached
+
+
+_IN_GRAPH_FUNCTIONS = [runtime.decide, runtime.pick, runtime.store, cache_region._taylor_update,
+                       cache_region._taylor_forecast]
+
+
+@functools.cache
+def _source_version() -> str:
+    """Hash of the files whose code ends up in compiled graphs: the compile caches' key for them."""
+    here = Path(__file__).parent
+    files = [Path(runtime.__file__), Path(cache_region.__file__), *sorted((here / "kernels").glob("*.py"))]
+    h = hashlib.sha256(torch.__version__.encode())
+    for f in files:
+        h.update(f.read_bytes())
+    return "dit_cache_fx-" + h.hexdigest()[:16]
 
 
 def _no_grad(fn):

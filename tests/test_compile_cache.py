@@ -1,4 +1,5 @@
-"""Inductor's FX graph cache serves graphs that contain our torch.cond, and keys on the branches."""
+"""Inductor's FX graph cache and AOTAutograd's cache serve graphs that contain our torch.cond and runtime
+functions, and key on the branches."""
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ def _run(model: nn.Module, spec: str = "F1B0_R0"):
         out, ref = compiled(x, t), model(x, t)
     torch.testing.assert_close(out, ref)
     assert len(handle(compiled).states) == 1
-    return dict(counters["inductor"])
+    return {**counters["inductor"], **counters["aot_autograd"]}
 
 
 def test_cond_graphs_hit_the_fx_graph_cache(tmp_path, monkeypatch):
@@ -45,6 +46,7 @@ def test_cond_graphs_hit_the_fx_graph_cache(tmp_path, monkeypatch):
         assert first.get("fxgraph_cache_bypass", 0) == 0 and first.get("fxgraph_cache_miss", 0) >= 1
         second = _run(model)
         assert second.get("fxgraph_cache_hit", 0) >= 1 and second.get("fxgraph_cache_bypass", 0) == 0
+        assert second.get("autograd_cache_hit", 0) >= 1 and second.get("autograd_cache_bypass", 0) == 0
         # only the compute branch differs: must miss, and give the other model's outputs (checked in _run)
         third = _run(other)
-        assert third.get("fxgraph_cache_miss", 0) >= 1
+        assert third.get("fxgraph_cache_miss", 0) >= 1 and third.get("autograd_cache_hit", 0) == 0

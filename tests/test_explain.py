@@ -54,3 +54,17 @@ def test_summary_table(compiled):
     assert all(d > 0 for d in s.residual_diffs.values())
     text = str(s)
     assert "| cond | 3/4 | [1, 2, 3] |" in text
+
+
+def test_two_wrappers_of_one_model_keep_their_own_state():
+    torch.manual_seed(0)
+    model = ToyDiT()
+    never = dit_cache_fx.compile(model, cache="F1B0_W1_R0")
+    always = dit_cache_fx.compile(model, cache="F1B0_W1_R1.0")
+    with torch.no_grad():
+        for s in range(3):
+            for m in (never, always):
+                m(torch.randn(1, 8, 16), torch.tensor([100.0 - s]))
+    assert dit_cache_fx.summary(never).cached_steps == []
+    assert dit_cache_fx.summary(always).cached_steps == [1, 2]
+    assert handle(never) is not handle(always)

@@ -1,0 +1,171 @@
+"""Eager vs torch.compile vs dit_cache_fx.compile on a Flux-like transformer (CPU or GPU).
+
+    python bench/bench_compile.py            # hidden 512, 4 double + 8 single blocks, 1024 image tokens
+    python bench/bench_compile.py --quick    # a smaller config for a smoke run
+
+All variants run in one process, interleaved generation by generation, and are reported as ratios.
+Compile times are measured in fresh subprocesses, each with its own inductor cache directory, cold and
+then warm, so the two compilers see the same cache state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from diffusers import FluxTransformer2DModel
+
+import dit_cache_fx
+
+CONFIGS = {
+    "full": dict(hidden_heads=8, head_dim=64, double=4, single=8, side=32, txt=64),
+    "quick": dict(hidden_heads=4, head_dim=32, double=2, single=4, side=16, txt=16),
+}
+
+
+def build(cfg: dict, seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(seed)
+    d = cfg["head_dim"]
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=cfg["double"], num_single_layers=cfg["single"],
+        attention_head_dim=d, num_attention_heads=cfg["hidden_heads"], joint_attention_dim=256,
+        pooled_projection_dim=256, guidance_embeds=False, axes_dims_rope=(d // 4, 3 * d // 8, 3 * d // 8)).eval()
+    n_img, g = cfg["side"] ** 2, torch.Generator().manual_seed(seed)
+    inputs = dict(hidden_states=torch.randn(1, n_img, 64, generator=g),
+                  encoder_hidden_states=torch.randn(1, cfg["txt"], 256, generator=g),
+                  pooled_projections=torch.randn(1, 256, generator=g),
+                  img_ids=torch.rand(n_img, 3, generator=g), txt_ids=torch.zeros(cfg["txt"], 3), return_dict=False)
+    return model, inputs
+
+
+def generation(model, inputs: dict, steps: int) -> float:
+    """One simulated denoising run; returns seconds."""
+    x = inputs["hidden_states"]
+    rest = {k: v for k, v in inputs.items() if k != "hidden_states"}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for t in torch.linspace(1.0, 0.02, steps):
+            v = model(hidden_states=x, timestep=t.reshape(1), **rest)[0]
+            x = x - v / steps
+    return time.perf_counter() - t0
+
+
+def compile_time_child(kind: str, cfg_name: str) -> None:
+    """Subprocess body: first-call time of one compiled variant, plus inductor cache counters."""
+    from torch._dynamo.utils import counters
+
+    model, inputs = build(CONFIGS[cfg_name])
+    cm = torch.compile(model) if kind == "inductor" else dit_cache_fx.compile(model, cache="F1B0_W2_R1.0")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        cm(timestep=torch.ones(1), **inputs)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"seconds": dt, **{k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph")}}))
+
+
+def compile_times(cfg_name: str) -> dict:
+    out = {}
+    dirs = {kind: tempfile.mkdtemp(prefix=f"dcf_bench_{kind}_") for kind in ("inductor", "dit_cache_fx")}
+    for state in ("cold", "warm"):
+        for kind, cache_dir in dirs.items():
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+            r = subprocess.run([sys.executable, __file__, "--child", kind, "--config", cfg_name], env=env,
+                               capture_output=True, text=True, check=True)
+            out[(state, kind)] = json.loads(r.stdout.strip().splitlines()[-1])
+    return out
+
+
+def call_overhead(repeats: int = 5, calls: int = 50) -> tuple[float, float]:
+    """Median µs per call of a tiny model: plain torch.compile vs dit_cache_fx at threshold 0."""
+    model, inputs = build(dict(hidden_heads=2, head_dim=16, double=1, single=2, side=4, txt=4))
+    variants = {"inductor": torch.compile(model), "dit_cache_fx": dit_cache_fx.compile(model, cache="F1B0_R0")}
+    times = {k: [] for k in variants}
+    for _ in range(repeats + 1):
+        for name, cm in variants.items():
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                for i in range(calls):
+                    cm(timestep=torch.tensor([1.0 - i / calls]), **inputs)
+                times[name].append((time.perf_counter() - t0) / calls * 1e6)
+    return tuple(statistics.median(times[k][1:]) for k in variants)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--child", choices=["inductor", "dit_cache_fx"])
+    p.add_argument("--config", default="full")
+    p.add_argument("--out", default=None, help="also write the report to this markdown file")
+    a = p.parse_args()
+    if a.child:
+        return compile_time_child(a.child, a.config)
+    cfg_name = "quick" if a.quick else "full"
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    model, inputs = build(CONFIGS[cfg_name])
+    N = CONFIGS[cfg_name]["double"] + CONFIGS[cfg_name]["single"]
+    S = a.steps
+    specs = {"dit_cache_fx R0": "F1B0_W2_R0", "dit_cache_fx F1B0_W2_R1.0": "F1B0_W2_R1.0",
+             "dit_cache_fx F1B0_W2MC3_R1.0": "F1B0_W2MC3_R1.0"}
+    variants: dict = {"eager": model, "torch.compile": torch.compile(model)}
+    variants.update({name: dit_cache_fx.compile(model, cache=spec) for name, spec in specs.items()})
+
+    first_call = {}
+    for name, m in variants.items():  # warm-up generation = compile, reported separately
+        first_call[name] = generation(m, inputs, S)
+    times: dict = {k: [] for k in variants}
+    for _ in range(a.repeats):
+        for name, m in variants.items():
+            times[name].append(generation(m, inputs, S) / S * 1e3)
+    ms = {k: statistics.median(v) for k, v in times.items()}
+
+    from torch._dynamo.utils import counters
+    breaks = sum(counters["graph_break"].values())
+    lines = [f"# bench_compile ({cfg_name}): Flux-like, {N} blocks, {CONFIGS[cfg_name]['side'] ** 2} image tokens, "
+             f"{S} steps; {os.cpu_count()} CPU cores, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}",
+             "", "| variant | ms/step | vs eager | vs torch.compile | cached | first generation s | ideal bound | "
+             "measured vs R0 | measured/bound |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in variants.items():
+        cached, bound, meas = "-", "-", "-"
+        ratio = "-"
+        if name in specs:
+            K = len(dit_cache_fx.summary(m).cached_steps)
+            C = S - K
+            cached = f"{K}/{S}"
+            if K:
+                b = S * N / (C * N + K * 1)
+                got = ms["dit_cache_fx R0"] / ms[name]
+                bound, meas, ratio = f"{b:.2f}x", f"{got:.2f}x", f"{got / b:.2f}"
+        lines.append(f"| {name} | {ms[name]:.1f} | {ms['eager'] / ms[name]:.2f}x | "
+                     f"{ms['torch.compile'] / ms[name]:.2f}x | {cached} | {first_call[name]:.1f} | {bound} | {meas} | "
+                     f"{ratio} |")
+    overhead = (ms["dit_cache_fx R0"] / ms["torch.compile"] - 1) * 100
+    lines += ["", f"threshold-0 overhead vs torch.compile: {overhead:+.1f}%  (graph breaks: {breaks})"]
+    us_plain, us_dcf = call_overhead()
+    lines.append(f"per-call time of a tiny model: torch.compile {us_plain:.0f} µs, dit_cache_fx {us_dcf:.0f} µs "
+                 f"({us_dcf - us_plain:+.0f} µs)")
+    ct = compile_times(cfg_name)
+    lines += ["", "| compile (first call, fresh process) | torch.compile s | dit_cache_fx s | ratio | "
+              "dit_cache_fx fxgraph cache |", "|---|---|---|---|---|"]
+    for state in ("cold", "warm"):
+        a_, b_ = ct[(state, "inductor")], ct[(state, "dit_cache_fx")]
+        stats = ", ".join(f"{k.replace('fxgraph_cache_', '')}={v}" for k, v in b_.items() if k != "seconds")
+        lines.append(f"| {state} | {a_['seconds']:.1f} | {b_['seconds']:.1f} | "
+                     f"{b_['seconds'] / a_['seconds']:.2f}x | {stats} |")
+    report = "\n".join(lines)
+    print(report)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
