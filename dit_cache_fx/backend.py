@@ -84,9 +84,11 @@ class CacheBackend:
         hidden = _static_sig(plan.fn_out)
         streams = [_static_sig(s) for s in plan.stream_in]
         device = plan.fn_out.meta["example_value"].device
-        state = RegionState.allocate(cfg, hidden, streams, device)
+        orders = [cfg.taylorseer_order if name == "hidden" or cfg.taylorseer_encoder else 0
+                  for name in plan.stream_names]
+        state = RegionState.allocate(cfg, hidden, streams, orders, device)
         state.description = run.describe()
-        rewrite_cache_region(gm, plan, cfg.taylorseer_order)
+        rewrite_cache_region(gm, plan, orders)
         branch_code = {name: getattr(gm, name).code for name in ("dit_cache_compute", "dit_cache_cached")}
         self.handle.graphs.append(GraphRecord(runs, plan, gm.code, branch_code, state, len(gm.graph.nodes), gm))
         log.info("dit_cache_fx: caching %s as F%dM%dB%d", run.describe(), plan.Fn, plan.Mn, plan.Bn)

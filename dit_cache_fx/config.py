@@ -10,6 +10,7 @@ Grammar (tokens joined by `_`, any order, each at most once, all optional):
     MC<int>  max consecutive cached steps; 0 or -1 = unlimited                      (default unlimited)
     R<float> residual diff threshold; cache when rel-L1 diff < R; R <= 0 never caches (default 0.08)
     T<int>   TaylorSeer order for the cached residual; 0 = off                       (default 0)
+    ET<0|1>  TaylorSeer on the encoder stream too                                    (default 1)
     CFG<0|1> force separate-CFG off/on (default: detected from the timesteps)
 
 Letters may be glued (`F8B0`, `W8I1M0MC3`). cache-dit's printed names parse too: a leading `DBCache`,
@@ -23,7 +24,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-_TOKEN = re.compile(r"(MC|CFG|[FBWIMRTOSN])(-?\d+(?:\.\d*)?(?:e-?\d+)?)")
+_TOKEN = re.compile(r"(MC|CFG|ET|[FBWIMRTOSN])(-?\d+(?:\.\d*)?(?:e-?\d+)?)")
 _IGNORED_PREFIXES = ("DBCache", "DBCACHE", "DB")
 
 
@@ -41,7 +42,9 @@ class CacheConfig:
         max_cached_steps: cap on cached steps per generation and CFG branch (-1 = unlimited).
         max_continuous_cached_steps: at most this many consecutive cached steps, then one computed
             step (-1 = unlimited).
-        taylorseer_order: forecast the cached residual with a Taylor series of this order (0 = off).
+        taylorseer_order: forecast the cached residual with a Taylor series of this order (0 = off):
+            better approximations on smoothly changing residuals, k+1 residual-sized buffers per stream.
+        taylorseer_encoder: also forecast the encoder stream's residual (else it is reused as is).
         enable_separate_cfg: None = detect (same timestep seen twice in a step), True/False = force.
         timestep_arg: name of the model input that carries the timestep (None = `timestep`/`timesteps`).
     """
@@ -54,6 +57,7 @@ class CacheConfig:
     max_cached_steps: int = -1
     max_continuous_cached_steps: int = -1
     taylorseer_order: int = 0
+    taylorseer_encoder: bool = True
     enable_separate_cfg: bool | None = None
     timestep_arg: str | None = None
 
@@ -99,7 +103,7 @@ class CacheConfig:
              f"M{max(0, self.max_cached_steps)}MC{max(0, self.max_continuous_cached_steps)}"
              f"_R{self.residual_diff_threshold:g}")
         if self.taylorseer_order:
-            s += f"_T{self.taylorseer_order}"
+            s += f"_T{self.taylorseer_order}" + ("" if self.taylorseer_encoder else "_ET0")
         if self.enable_separate_cfg is not None:
             s += f"_CFG{int(self.enable_separate_cfg)}"
         return s
@@ -137,6 +141,8 @@ def _fields_from_tokens(spec: str, v: dict[str, str]) -> dict:
         out["taylorseer_order"] = order if _int(spec, "T", v.get("T", "1")) else 0
     elif "T" in v:
         out["taylorseer_order"] = _int(spec, "T", v["T"])
+    if "ET" in v:
+        out["taylorseer_encoder"] = bool(_int(spec, "ET", v["ET"]))
     if "CFG" in v:
         flag = _int(spec, "CFG", v["CFG"])
         if flag not in (0, 1):

@@ -209,7 +209,6 @@ class EagerDBCache:
         return run
 
     def _store(self, st: BranchState, ho, eo) -> None:
-        K = self.config.taylorseer_order
         gap = float(self.policy.step - st.last_computed)
         res = [ho - self._mn_in[0],
                eo - self._mn_in[1] if eo is not None and self._mn_in[1] is not None else None]
@@ -219,9 +218,10 @@ class EagerDBCache:
             if r is None:
                 st.factors[k] = None
                 continue
+            K = self.config.taylorseer_order if k == 0 or self.config.taylorseer_encoder else 0
             old = st.factors[k] if st.factors[k] is not None else torch.zeros((K + 1, *r.shape), dtype=r.dtype)
             st.factors[k] = taylor_update(old, r, gap, st.n_valid)
-        st.n_valid = min(st.n_valid + 1, K + 1)
+        st.n_valid = min(st.n_valid + 1, self.config.taylorseer_order + 1)
         st.last_computed = self.policy.step
 
 

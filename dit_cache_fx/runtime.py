@@ -119,7 +119,8 @@ class RegionState:
     description: str = ""
 
     @classmethod
-    def allocate(cls, config: CacheConfig, hidden: tuple, streams: list[tuple], device) -> RegionState:
+    def allocate(cls, config: CacheConfig, hidden: tuple, streams: list[tuple], orders: list[int],
+                 device) -> RegionState:
         shape, dtype = hidden
         return cls(
             config=config,
@@ -128,7 +129,7 @@ class RegionState:
             prm=params_tensor(config, device),
             log=torch.full((LOG_LEN, len(LOG_COLS)), float("nan"), dtype=torch.float32, device=device),
             anchor=torch.zeros((2, *shape), dtype=dtype, device=device),
-            stacks=[torch.zeros((2, config.taylorseer_order + 1, *s), dtype=d, device=device) for s, d in streams],
+            stacks=[torch.zeros((2, k + 1, *s), dtype=d, device=device) for (s, d), k in zip(streams, orders)],
         )
 
     @property

@@ -16,6 +16,7 @@ from dit_cache_fx import CacheConfig
     ("DBCache_F1B0_W8I1M0MC3_R0.12_CFG0_T1O2_S17", dict(taylorseer_order=2, enable_separate_cfg=False,
                                                          max_continuous_cached_steps=3)),
     ("F8B0_W4MC0_T0O1_R0.08", dict(taylorseer_order=0, max_warmup_steps=4)),
+    ("F1_T2_ET0", dict(taylorseer_order=2, taylorseer_encoder=False)),
 ])
 def test_parse(spec, fields):
     c = CacheConfig.parse(spec)

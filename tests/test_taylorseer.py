@@ -79,3 +79,23 @@ def test_taylor_beats_plain_cache_on_smooth_residual(toy_taylor):
         ora.remove()
         errs[order] = max_rel_err(outs, exact)
     assert errs[1] < 0.5 * errs[0] and errs[2] < errs[0]
+
+
+@pytest.mark.parametrize("spec", ["F1B1_W2MC2_R1.0_T1", "F1B1_W2MC2_R1.0_T2_ET0"])
+def test_dual_stream_model_matches_oracle(spec):
+    """Flux: hidden and encoder streams both cached; TaylorSeer on both (default) or on hidden only."""
+    from helpers import oracle_run
+    from tiny_models import MODELS, run_loop
+
+    m = MODELS["flux"]
+    model = m.build()
+    cfg = dit_cache_fx.CacheConfig.parse(spec)
+    assert cfg.taylorseer_encoder == ("ET0" not in spec)
+    refs, ora = oracle_run(model, m, cfg, steps=12)
+    compiled = dit_cache_fx.compile(model, cache=cfg, fullgraph=True)
+    outs = run_loop(compiled, m, steps=12)
+    assert dit_cache_fx.summary(compiled).cached_steps == ora.cached_steps() == [2, 3, 5, 6, 8, 9, 11]
+    assert max_rel_err(outs, refs) <= 1e-4
+    stacks = handle(compiled).states[0].stacks
+    assert [s.shape[1] for s in stacks] == ([cfg.taylorseer_order + 1] * 2 if cfg.taylorseer_encoder
+                                            else [cfg.taylorseer_order + 1, 1])

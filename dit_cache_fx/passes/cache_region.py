@@ -36,9 +36,9 @@ from .. import _compat, runtime
 from .plan import RegionPlan
 
 
-def rewrite_cache_region(gm: GraphModule, plan: RegionPlan, order: int) -> list[Node]:
+def rewrite_cache_region(gm: GraphModule, plan: RegionPlan, orders: list[int]) -> list[Node]:
     """Rewrite `plan.region` in `gm` in place; returns the new state placeholders, in `RegionState.tensors`
-    order (ctl, tst, prm, log, anchor, one factor stack per stream)."""
+    order (ctl, tst, prm, log, anchor, one factor stack per stream). `orders`: Taylor order per stream."""
     graph = gm.graph
     first = plan.region[0]
     for n in plan.hoist:  # stream-independent values read after the span: compute them first
@@ -47,8 +47,8 @@ def rewrite_cache_region(gm: GraphModule, plan: RegionPlan, order: int) -> list[
     state = _add_state_placeholders(graph, len(plan.stream_in))
     ctl, tst, prm, log, anchor, *stacks = state
     n_streams = len(plan.stream_in)
-    compute_gm = _compute_branch(plan, order)
-    cached_gm = _cached_branch(plan, order)
+    compute_gm = _compute_branch(plan, orders)
+    cached_gm = _cached_branch(plan, orders)
     gm.add_submodule("dit_cache_compute", compute_gm)
     gm.add_submodule("dit_cache_cached", cached_gm)
 
@@ -137,7 +137,7 @@ def _contiguous(g: Graph, n: Node) -> Node:
     return g.call_method("clone", (n,), {"memory_format": torch.contiguous_format})
 
 
-def _compute_branch(plan: RegionPlan, order: int) -> GraphModule:
+def _compute_branch(plan: RegionPlan, orders: list[int]) -> GraphModule:
     g = Graph()
     ins, stacks, dt, n_valid, env = _branch_inputs(g, plan)
     for n in plan.region:
@@ -147,15 +147,15 @@ def _compute_branch(plan: RegionPlan, order: int) -> GraphModule:
         out = _contiguous(g, env[o])
         residual = g.call_function(operator.sub, (out, ins[k]))
         outs.append(out)
-        new_stacks.append(g.call_function(_taylor_update, (stacks[k], residual, dt, n_valid, order)))
+        new_stacks.append(g.call_function(_taylor_update, (stacks[k], residual, dt, n_valid, orders[k])))
     g.output(tuple(outs + new_stacks))
     return GraphModule(torch.nn.Module(), g)
 
 
-def _cached_branch(plan: RegionPlan, order: int) -> GraphModule:
+def _cached_branch(plan: RegionPlan, orders: list[int]) -> GraphModule:
     g = Graph()
     ins, stacks, dt, n_valid, env = _branch_inputs(g, plan)
-    outs = [g.call_function(_taylor_forecast, (ins[k], stacks[k], dt, order)) for k in range(len(ins))]
+    outs = [g.call_function(_taylor_forecast, (ins[k], stacks[k], dt, orders[k])) for k in range(len(ins))]
     keep = [_contiguous(g, s) for s in stacks]
     g.output(tuple(outs + keep))
     return GraphModule(torch.nn.Module(), g)
