@@ -9,10 +9,17 @@ from typing import Any
 import torch
 
 
-def compile_fx(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, options: dict | None = None) -> Callable:
     from torch._inductor.compile_fx import compile_fx as _compile_fx
 
-    return _compile_fx(gm, example_inputs)
+    return _compile_fx(gm, example_inputs, config_patches=dict(options or {}))
+
+
+def inductor_mode_options(mode: str) -> dict:
+    """The inductor config a `torch.compile(mode=...)` string stands for."""
+    import torch._inductor
+
+    return torch._inductor.list_mode_options(mode)
 
 
 @contextlib.contextmanager

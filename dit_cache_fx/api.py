@@ -26,8 +26,8 @@ def compile(module: torch.nn.Module, cache: str | CacheConfig | None = "F8B0", *
             plain `torch.compile` through the same backend.
         on_no_blocks: "raise" (default) or "compile": what to do when the traced model has no run of
             repeated blocks; "compile" warns and compiles it without a cache.
-        **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, `mode` is not supported since
-            the backend is ours; `dynamic` must stay False).
+        **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, ...); `mode=` and `options=` become
+            inductor config for our backend, as with the default backend; `dynamic` must stay False.
 
     Returns:
         A drop-in module (`torch.compile`'s wrapper): same call signature and outputs, and attribute
@@ -40,9 +40,11 @@ def compile(module: torch.nn.Module, cache: str | CacheConfig | None = "F8B0", *
     """
     if on_no_blocks not in ("raise", "compile"):
         raise ValueError(f"on_no_blocks must be 'raise' or 'compile', got {on_no_blocks!r}")
-    for bad in ("backend", "mode"):
-        if bad in torch_compile_kwargs:
-            raise ValueError(f"dit_cache_fx.compile chooses the backend itself; drop {bad}=")
+    if "backend" in torch_compile_kwargs:
+        raise ValueError("dit_cache_fx.compile chooses the backend itself; drop backend=")
+    mode = torch_compile_kwargs.pop("mode", None)
+    options = dict(_compat.inductor_mode_options(mode) if mode else {})
+    options.update(torch_compile_kwargs.pop("options", None) or {})
     if torch_compile_kwargs.get("dynamic"):
         raise ValueError("dit_cache_fx.compile needs static shapes: dynamic=True is not supported")
     torch_compile_kwargs.setdefault("dynamic", False)
@@ -51,7 +53,7 @@ def compile(module: torch.nn.Module, cache: str | CacheConfig | None = "F8B0", *
     # exhaust the shared recompile limit
     torch_compile_kwargs.setdefault("isolate_recompiles", True)
     config = None if cache is None else as_config(cache)
-    handle = CacheHandle(config, _first_input_name(module), on_no_blocks)
+    handle = CacheHandle(config, _first_input_name(module), on_no_blocks, options)
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several compiled
     # wrappers may share)

@@ -47,6 +47,7 @@ class CacheHandle:
     config: CacheConfig | None
     hidden_input: str | None
     on_no_blocks: str = "raise"
+    inductor_options: dict = field(default_factory=dict)  # from torch.compile's mode= / options=
     graphs: list[GraphRecord] = field(default_factory=list)
     active: RegionState | None = None
 
@@ -68,7 +69,7 @@ class CacheBackend:
         cfg = self.handle.config
         if cfg is None:
             with torch.no_grad():
-                compiled = _compat.compile_fx(gm, example_inputs)
+                compiled = _compat.compile_fx(gm, example_inputs, self.handle.inductor_options)
             self.handle.graphs.append(GraphRecord([], None, gm.code, {}, None, len(gm.graph.nodes)))
             return _no_grad(compiled)
         gm = _compat.copy_dynamo_graph(gm)
@@ -78,7 +79,7 @@ class CacheBackend:
             record = GraphRecord([], None, gm.code, {}, None, len(gm.graph.nodes))
             self.handle.graphs.append(record)
             with torch.no_grad():
-                return _no_grad(_compat.compile_fx(gm, example_inputs))
+                return _no_grad(_compat.compile_fx(gm, example_inputs, self.handle.inductor_options))
         run = main_run(runs)
         plan = plan_region(gm, run, cfg.Fn_compute_blocks, cfg.Bn_compute_blocks, cfg.timestep_arg)
         hidden = _static_sig(plan.fn_out)
@@ -93,7 +94,7 @@ class CacheBackend:
         self.handle.graphs.append(GraphRecord(runs, plan, gm.code, branch_code, state, len(gm.graph.nodes), gm))
         log.info("dit_cache_fx: caching %s as F%dM%dB%d", run.describe(), plan.Fn, plan.Mn, plan.Bn)
         with torch.no_grad(), _compat.compile_caches_for(_IN_GRAPH_FUNCTIONS, _source_version()):
-            compiled = _compat.compile_fx(gm, [*example_inputs, *state.tensors])
+            compiled = _compat.compile_fx(gm, [*example_inputs, *state.tensors], self.handle.inductor_options)
         handle, extra = self.handle, state.tensors
 
         def run_cached(*args):

@@ -78,3 +78,10 @@ def test_shape_change_starts_new_generation():
         compiled(torch.randn(2, 8, 16), torch.tensor([96.0]))  # batch changed mid-generation
     s = dit_cache_fx.summary(compiled)
     assert s.num_steps == 1 and s.cached_steps == []  # fresh state, nothing stale reused
+
+
+def test_mode_and_options_become_inductor_config():
+    compiled = dit_cache_fx.compile(ToyDiT(), cache="F1B0", mode="max-autotune-no-cudagraphs",
+                                    options={"epilogue_fusion": False})
+    assert compiled.__dict__["_dit_cache_fx"].inductor_options == {
+        "max_autotune": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
