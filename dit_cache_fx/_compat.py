@@ -88,7 +88,23 @@ def dynamo_counters() -> dict:
     return counters
 
 
-def dynamo_explain(fn: Callable, *args, **kwargs) -> Any:
-    import torch._dynamo
+def count_graphs(fn: Callable, *args, **kwargs) -> tuple[int, int, list[str]]:
+    """Trace `fn` once more with a recording backend: (graphs, graph breaks, break reasons).
 
-    return torch._dynamo.explain(fn)(*args, **kwargs)
+    Unlike `torch._dynamo.explain`, this does not `reset()` Dynamo, so compiled models keep their code
+    and their cache state.
+    """
+    import collections
+
+    from torch._dynamo.utils import counters
+
+    graphs: list = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    before = collections.Counter(counters["graph_break"])
+    torch.compile(fn, backend=record, dynamic=False, isolate_recompiles=True)(*args, **kwargs)
+    new = collections.Counter(counters["graph_break"]) - before
+    return len(graphs), sum(new.values()), list(new)

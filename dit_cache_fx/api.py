@@ -230,9 +230,8 @@ def explain(module: torch.nn.Module, *args: Any, **kwargs: Any) -> ExplainReport
         with torch.no_grad():
             if not handle.graphs:
                 module(*args, **kwargs)
-            ex = _compat.dynamo_explain(module._orig_mod, *args, **kwargs)
-        breaks, graphs = ex.graph_break_count, ex.graph_count
-        reasons = [str(getattr(r, "reason", r)).splitlines()[0] for r in ex.break_reasons]
+            graphs, breaks, reasons = _compat.count_graphs(module._orig_mod, *args, **kwargs)
+        reasons = [r.splitlines()[0] for r in reasons]
     recs = [g for g in handle.graphs if g.plan is not None] or handle.graphs
     if not recs:
         raise ValueError("nothing traced yet: call the module once, or pass example inputs to explain()")

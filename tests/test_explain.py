@@ -68,3 +68,24 @@ def test_two_wrappers_of_one_model_keep_their_own_state():
     assert dit_cache_fx.summary(never).cached_steps == []
     assert dit_cache_fx.summary(always).cached_steps == [1, 2]
     assert handle(never) is not handle(always)
+
+
+def test_explain_keeps_compiled_code_and_state(compiled):
+    """explain() traces with its own recording backend; it must not reset Dynamo (no recompile, state kept)."""
+    n_graphs = len(handle(compiled).graphs)
+    dit_cache_fx.explain(compiled, torch.randn(1, 8, 16), torch.tensor([2.0]))
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        compiled(torch.randn(1, 8, 16), torch.tensor([1.0]))
+    assert len(handle(compiled).graphs) == n_graphs
+
+
+def test_explain_counts_graph_breaks():
+    class Breaks(ToyDiT):
+        def forward(self, hidden_states, timestep):
+            h = super().forward(hidden_states, timestep)
+            torch._dynamo.graph_break()
+            return h * 2
+
+    c = dit_cache_fx.compile(Breaks(), cache="F1B0")
+    rep = dit_cache_fx.explain(c, torch.randn(1, 8, 16), torch.tensor([3.0]))
+    assert rep.graph_break_count == 1 and rep.graph_count == 2 and rep.break_reasons

@@ -275,14 +275,13 @@ def infer_pattern(run: BlockRun) -> str:
 
 
 def _reads_encoder_constant(run: BlockRun) -> bool:
+    """Does a block read a constant (non-carried) value computed from the `encoder_hidden_states` input?"""
     b = run.blocks[len(run.blocks) // 2]
-    outs = {o for blk in run.blocks for o in block_outputs(blk)}
+    carried = {o for blk in run.blocks for o in block_outputs(blk)}
     for n in block_inputs(b):
-        if n in outs or n.op == "placeholder" and n.name.startswith(("l_self", "L_self")):
+        if n in carried:
             continue
-        v = _val(n)
-        if isinstance(v, torch.Tensor) and v.dim() == 3 and any(
-                _source_key(a) == "encoder_hidden_states" for a in _ancestors(n) | {n} if a.op == "placeholder"):
+        if any(a.op == "placeholder" and _source_key(a) == "encoder_hidden_states" for a in _ancestors(n) | {n}):
             return True
     return False
 
