@@ -213,6 +213,10 @@ class ExplainReport:
         out.append("block runs found:")
         out += [f"  - {r}" for r in self.runs] or ["  (none)"]
         out.append(f"cache region: {self.split}")
+        excerpt = [ln.strip() for ln in self.code.splitlines() if "dit_cache" in ln or "higher_order.cond" in ln]
+        if excerpt:
+            out.append("where the graph changed:")
+            out += [f"    {ln[:160]}{' ...' if len(ln) > 160 else ''}" for ln in excerpt if not ln.startswith("def ")]
         out.append("rewritten graph:")
         out.append(self.code)
         for name, code in self.branch_code.items():

@@ -66,6 +66,8 @@ def test_compiled_matches_oracle(toy_taylor, order):
     assert s.cached_steps == ora.cached_steps() == [3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16, 17, 19]
     assert max_rel_err(outs, refs) <= 1e-4 and max_rel_err(outs2, refs) <= 1e-4
     assert len(handle(compiled).graphs) == 1
+    from torch._dynamo.utils import counters
+    assert len(counters["graph_break"]) == 0
 
 
 def test_taylor_beats_plain_cache_on_smooth_residual(toy_taylor):
