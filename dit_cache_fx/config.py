@@ -12,6 +12,9 @@ Grammar (tokens joined by `_`, any order, each at most once, all optional):
     T<int>   TaylorSeer order for the cached residual; 0 = off                       (default 0)
     ET<0|1>  TaylorSeer on the encoder stream too                                    (default 1)
     CFG<0|1> force separate-CFG off/on (default: detected from the timesteps)
+    SCM<01…> steps computation mask: 1 = always compute that step, 0 = may cache     (default none)
+    SCM<slow|medium|fast|ultra> with N28: cache-dit's preset masks for 28 steps
+    static|dynamic  what a mask 0 means: cache unconditionally, or the usual decision (default dynamic)
 
 Letters may be glued (`F8B0`, `W8I1M0MC3`). cache-dit's printed names parse too: a leading `DBCache`,
 `T<0|1>O<order>` (TaylorSeer on/off and order), and suffixes `_S<n>` (stats), `_N<n>`; there `M0`/`MC0`
@@ -46,6 +49,10 @@ class CacheConfig:
             better approximations on smoothly changing residuals, k+1 residual-sized buffers per stream.
         taylorseer_encoder: also forecast the encoder stream's residual (else it is reused as is).
         enable_separate_cfg: None = detect (same timestep seen twice in a step), True/False = force.
+        steps_computation_mask: per-step 1 (always compute) / 0 (cache allowed); steps past its end are
+            decided as usual. Warmup is cut to the mask's leading run of 1s.
+        steps_computation_policy: "dynamic" (a 0 step still needs the diff test, M and MC) or "static"
+            (a 0 step is cached unconditionally: a fixed schedule, no diff computed).
         timestep_arg: name of the model input that carries the timestep (None = `timestep`/`timesteps`).
     """
 
@@ -59,6 +66,8 @@ class CacheConfig:
     taylorseer_order: int = 0
     taylorseer_encoder: bool = True
     enable_separate_cfg: bool | None = None
+    steps_computation_mask: tuple[int, ...] | None = None
+    steps_computation_policy: str = "dynamic"
     timestep_arg: str | None = None
 
     def __post_init__(self) -> None:
@@ -71,6 +80,21 @@ class CacheConfig:
             _check(value == -1 or value >= 1, name, value,
                    "-1 (unlimited) or >= 1; to never cache use residual_diff_threshold=0")
         _check(0 <= self.taylorseer_order <= 4, "taylorseer_order", self.taylorseer_order, "in 0..4")
+        _check(self.steps_computation_policy in ("dynamic", "static"), "steps_computation_policy",
+               self.steps_computation_policy, "'dynamic' or 'static'")
+        mask = self.steps_computation_mask
+        if mask is not None:
+            _check(isinstance(mask, tuple) and 0 < len(mask) <= MAX_MASK_STEPS and set(mask) <= {0, 1},
+                   "steps_computation_mask", mask, f"a tuple of 0/1 of length 1..{MAX_MASK_STEPS}")
+
+    @property
+    def effective_warmup(self) -> int:
+        """Warmup steps, cut to the mask's leading run of 1s (cache-dit's rule)."""
+        mask = self.steps_computation_mask
+        if not mask:
+            return self.max_warmup_steps
+        lead = next((i for i, m in enumerate(mask) if m == 0), len(mask))
+        return min(self.max_warmup_steps, lead)
 
     @classmethod
     def parse(cls, spec: str) -> CacheConfig:
@@ -83,6 +107,12 @@ class CacheConfig:
                 if part.startswith(prefix) and (len(part) == len(prefix) or not part[len(prefix)].isdigit()):
                     part = part[len(prefix):]
                     break
+            if part.startswith("SCM") or part in ("static", "dynamic"):
+                key, val = ("SCM", part[3:]) if part.startswith("SCM") else ("policy", part)
+                if key in values:
+                    raise ValueError(f"cache spec {spec!r}: token {key!r} given twice")
+                values[key] = val
+                continue
             pos = 0
             for m in _TOKEN.finditer(part):
                 if m.start() != pos:
@@ -106,6 +136,8 @@ class CacheConfig:
             s += f"_T{self.taylorseer_order}" + ("" if self.taylorseer_encoder else "_ET0")
         if self.enable_separate_cfg is not None:
             s += f"_CFG{int(self.enable_separate_cfg)}"
+        if self.steps_computation_mask:
+            s += "_SCM" + "".join(map(str, self.steps_computation_mask)) + "_" + self.steps_computation_policy
         return s
 
     def replace(self, **changes) -> CacheConfig:
@@ -143,12 +175,47 @@ def _fields_from_tokens(spec: str, v: dict[str, str]) -> dict:
         out["taylorseer_order"] = _int(spec, "T", v["T"])
     if "ET" in v:
         out["taylorseer_encoder"] = bool(_int(spec, "ET", v["ET"]))
+    if "SCM" in v:
+        out["steps_computation_mask"] = _mask(spec, v["SCM"], v.get("N"))
+    if "policy" in v:
+        out["steps_computation_policy"] = v["policy"]
     if "CFG" in v:
         flag = _int(spec, "CFG", v["CFG"])
         if flag not in (0, 1):
             raise ValueError(f"cache spec {spec!r}: CFG takes 0 or 1, got {flag}")
         out["enable_separate_cfg"] = bool(flag)
     return out
+
+
+# cache-dit's preset masks for 28 steps: alternating runs of computed / cached steps (last step computed)
+PRESET_BINS = {
+    "slow": ([8, 3, 3, 2, 1, 1], [1, 2, 2, 2, 3]),
+    "medium": ([6, 2, 2, 2, 2, 1], [1, 3, 3, 3, 3]),
+    "fast": ([6, 1, 1, 1, 1, 1], [1, 3, 4, 5, 4]),
+    "ultra": ([4, 1, 1, 1, 1], [2, 5, 6, 7]),
+}
+MAX_MASK_STEPS = 1024
+
+
+def steps_mask(compute_bins: list[int], cache_bins: list[int], total_steps: int | None = None) -> tuple[int, ...]:
+    """`[1]*compute_bins[0] + [0]*cache_bins[0] + [1]*compute_bins[1] + …`, cut to `total_steps`."""
+    mask: list[int] = []
+    for k, c in enumerate(compute_bins):
+        mask += [1] * c
+        if k < len(cache_bins):
+            mask += [0] * cache_bins[k]
+    return tuple(mask[:total_steps] if total_steps else mask)
+
+
+def _mask(spec: str, val: str, steps: str | None) -> tuple[int, ...]:
+    if val in PRESET_BINS:
+        if steps != "28":
+            raise ValueError(f"cache spec {spec!r}: preset mask SCM{val} is defined for 28 steps: add N28, or give "
+                             "the mask digits (SCM1111110110…)")
+        return steps_mask(*PRESET_BINS[val], 28)
+    if not val or set(val) - {"0", "1"}:
+        raise ValueError(f"cache spec {spec!r}: SCM takes 0/1 digits or one of {sorted(PRESET_BINS)}, got {val!r}")
+    return tuple(int(c) for c in val)
 
 
 def as_config(cache: str | CacheConfig) -> CacheConfig:

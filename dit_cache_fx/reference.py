@@ -77,12 +77,16 @@ class Policy:
 
     def decide(self, branch: int, fn_res: torch.Tensor) -> bool:
         c, s, st = self.config, self.step, self.branches[branch]
-        in_warmup = s < c.max_warmup_steps and s % c.warmup_interval == 0
-        consulted = (not in_warmup and st.anchor is not None
+        in_warmup = s < c.effective_warmup and s % c.warmup_interval == 0
+        mask = c.steps_computation_mask or ()
+        must_compute = s < len(mask) and mask[s] == 1
+        static_cache = (s < len(mask) and mask[s] == 0 and c.steps_computation_policy == "static"
+                        and st.anchor is not None)
+        consulted = (not in_warmup and not must_compute and not static_cache and st.anchor is not None
                      and not (c.max_cached_steps >= 0 and st.n_cached >= c.max_cached_steps)
                      and not (c.max_continuous_cached_steps >= 0 and st.n_cont >= c.max_continuous_cached_steps)
                      and c.residual_diff_threshold > 0)
-        cached = False
+        cached = static_cache
         if consulted:
             prev = st.anchor.float()
             diff = ((prev - fn_res.float()).abs().mean() / prev.abs().mean()).item()
@@ -135,7 +139,7 @@ class EagerDBCache:
         self._handles = [model.register_forward_pre_hook(self._begin, with_kwargs=True)]
         self._originals = []
         for i, block in enumerate(self.blocks):
-            self._originals.append((block, block.forward))
+            self._originals.append((block, block.__dict__.get("forward")))
             block.forward = self._wrap(i, block.forward)
         self.timestep_arg = timestep_arg
         self._branch = 0
@@ -144,8 +148,11 @@ class EagerDBCache:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
-        for block, fwd in self._originals:
-            block.forward = fwd
+        for block, fwd in self._originals:  # leave the blocks exactly as found (compiled code guards on it)
+            if fwd is None:
+                del block.forward
+            else:
+                block.forward = fwd
 
     def reset(self) -> None:
         self.policy.reset_requested = True

@@ -7,7 +7,9 @@ extra inputs and updated in place.
 
 Per graph:  ctl   int64[CTL]    counters (layout below)
             tst   float32[2]    last timestep seen, last timestep of branch 0
-            prm   float32[7]    policy: threshold, W, I, M, MC, cfg mode (-1 auto, 0 off, 1 on), Taylor order K
+            prm   float32[9]    policy: threshold, W (cut by the mask), I, M, MC, cfg mode (-1 auto, 0 off,
+                                 1 on), Taylor order K, mask length, static mask policy
+            mask  float32[1024] steps computation mask (1 compute, 0 cache allowed), zero-padded
             log   float32[L, 6] ring buffer of per-call records: gen, step, branch, cached, consulted, diff
 Per branch (CFG cond = 0, uncond = 1): anchor float[2, *hidden]  the Fn residual of the last computed step
             and per cached stream a factor stack float[2, K+1, *stream] (K = TaylorSeer order; K=0: the residual)
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import CacheConfig
+from .config import MAX_MASK_STEPS, CacheConfig
 
 # ctl layout
 NCALLS, LAST_BRANCH, CFG_SEEN, STEP, GEN, RESET, LOGPOS = range(7)
@@ -31,9 +33,19 @@ LOG_COLS = ("gen", "step", "branch", "cached", "consulted", "diff")
 
 def params_tensor(cfg: CacheConfig, device: torch.device) -> torch.Tensor:
     mode = {None: -1.0, False: 0.0, True: 1.0}[cfg.enable_separate_cfg]
-    return torch.tensor([cfg.residual_diff_threshold, cfg.max_warmup_steps, cfg.warmup_interval,
-                         cfg.max_cached_steps, cfg.max_continuous_cached_steps, mode, cfg.taylorseer_order],
-                        dtype=torch.float32, device=device)
+    mask_len = len(cfg.steps_computation_mask or ())
+    static = float(cfg.steps_computation_policy == "static")
+    return torch.tensor([cfg.residual_diff_threshold, cfg.effective_warmup, cfg.warmup_interval,
+                         cfg.max_cached_steps, cfg.max_continuous_cached_steps, mode, cfg.taylorseer_order,
+                         mask_len, static], dtype=torch.float32, device=device)
+
+
+def mask_tensor(cfg: CacheConfig, device: torch.device) -> torch.Tensor:
+    """The steps computation mask, zero-padded to MAX_MASK_STEPS (entries past `mask_len` are unused)."""
+    out = torch.zeros(MAX_MASK_STEPS, dtype=torch.float32, device=device)
+    if cfg.steps_computation_mask:
+        out[: len(cfg.steps_computation_mask)] = torch.tensor(cfg.steps_computation_mask, dtype=torch.float32)
+    return out
 
 
 def _rel_l1(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
@@ -42,15 +54,15 @@ def _rel_l1(prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
     return rel_l1_diff(prev, cur)
 
 
-def decide(ctl: torch.Tensor, tst: torch.Tensor, prm: torch.Tensor, anchor: torch.Tensor, log: torch.Tensor,
-           timestep: torch.Tensor, fn_entry: torch.Tensor, fn_out: torch.Tensor):
+def decide(ctl: torch.Tensor, tst: torch.Tensor, prm: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor,
+           log: torch.Tensor, timestep: torch.Tensor, fn_entry: torch.Tensor, fn_out: torch.Tensor):
     """One call's bookkeeping: branch, new generation, and whether to serve Mn from the cache.
 
     Returns (use_cache: bool[], branch: int64[], dt: float32[] steps since the branch's last
     computed step, n_valid: int64[] valid Taylor factors of the branch before this step).
     """
     t = timestep.reshape(-1)[0].to(torch.float32)
-    thr, W, interval, M, MC, mode, K = prm.unbind()
+    thr, W, interval, M, MC, mode, K, mask_len, static = prm.unbind()
     has_last = ctl[NCALLS] > 0
     repeat = has_last & (t == tst[0])
     cfg_on = (mode == 1) | ((mode < 0) & (ctl[CFG_SEEN] > 0))
@@ -70,8 +82,13 @@ def decide(ctl: torch.Tensor, tst: torch.Tensor, prm: torch.Tensor, anchor: torc
     prev = anchor.index_select(0, b.view(1)).squeeze(0)
     diff = _rel_l1(prev, fn_res)
     in_warmup = (step < W) & (torch.remainder(step, interval.long()) == 0)
-    consulted = ~in_warmup & (has_prev > 0) & ~((M >= 0) & (n_cached >= M)) & ~((MC >= 0) & (n_cont >= MC)) & (thr > 0)
-    use_cache = consulted & ((diff < thr) | (thr >= 1))
+    in_mask = step < mask_len
+    m = mask.gather(0, torch.clamp(step, max=mask.shape[0] - 1).view(1)).squeeze(0)
+    must_compute = in_mask & (m > 0)
+    static_cache = in_mask & (m == 0) & (static > 0) & (has_prev > 0)  # a fixed schedule: no diff, no caps
+    consulted = (~in_warmup & ~must_compute & ~static_cache & (has_prev > 0) & ~((M >= 0) & (n_cached >= M))
+                 & ~((MC >= 0) & (n_cont >= MC)) & (thr > 0))
+    use_cache = static_cache | (~in_warmup & consulted & ((diff < thr) | (thr >= 1)))
     cached = use_cache.long()
 
     # ---- state updates (in place) ----
@@ -113,6 +130,7 @@ class RegionState:
     ctl: torch.Tensor
     tst: torch.Tensor
     prm: torch.Tensor
+    mask: torch.Tensor
     log: torch.Tensor
     anchor: torch.Tensor
     stacks: list[torch.Tensor] = field(default_factory=list)
@@ -127,6 +145,7 @@ class RegionState:
             ctl=torch.zeros(CTL, dtype=torch.int64, device=device),
             tst=torch.zeros(2, dtype=torch.float32, device=device),
             prm=params_tensor(config, device),
+            mask=mask_tensor(config, device),
             log=torch.full((LOG_LEN, len(LOG_COLS)), float("nan"), dtype=torch.float32, device=device),
             anchor=torch.zeros((2, *shape), dtype=dtype, device=device),
             stacks=[torch.zeros((2, k + 1, *s), dtype=d, device=device) for (s, d), k in zip(streams, orders)],
@@ -134,7 +153,7 @@ class RegionState:
 
     @property
     def tensors(self) -> list[torch.Tensor]:
-        return [self.ctl, self.tst, self.prm, self.log, self.anchor, *self.stacks]
+        return [self.ctl, self.tst, self.prm, self.mask, self.log, self.anchor, *self.stacks]
 
     def reset(self) -> None:
         self.ctl[RESET] = 1
@@ -142,6 +161,7 @@ class RegionState:
     def set_policy(self, config: CacheConfig) -> None:
         self.config = config
         self.prm.copy_(params_tensor(config, self.prm.device))
+        self.mask.copy_(mask_tensor(config, self.mask.device))
 
     def records(self) -> torch.Tensor:
         """All logged calls, oldest first (one host sync)."""

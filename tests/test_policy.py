@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dit_cache_fx
-from dit_cache_fx import CacheConfig
+from dit_cache_fx import CacheConfig, reference
 from dit_cache_fx.reference import decision_string
 
 from helpers import handle
@@ -111,3 +111,56 @@ def test_separate_cfg_detected_and_forced(toy):
     _toy_loop(compiled, steps=8, cfg=True)
     s = dit_cache_fx.summary(compiled)
     assert s.separate_cfg and s.branches[1].cached_steps == [2, 3, 5, 6]
+
+
+# steps computation mask (cache-dit semantics §5.2): presets and the drift example
+SCM_GOLDEN = {
+    "slow": "1111111101110011100110010001",
+    "medium": "1111110110001100011000110001",
+    "fast": "1111110100010000100000100001",
+    "ultra": "1111001000001000000100000001",
+}
+
+
+@pytest.mark.parametrize("preset", list(SCM_GOLDEN))
+def test_scm_presets(preset):
+    cfg = CacheConfig.parse(f"F1B0_SCM{preset}_N28")
+    assert "".join(map(str, cfg.steps_computation_mask)) == SCM_GOLDEN[preset]
+    assert CacheConfig.parse(str(cfg)) == cfg
+
+
+def test_scm_preset_needs_28_steps():
+    with pytest.raises(ValueError, match="defined for 28 steps"):
+        CacheConfig.parse("F1B0_SCMfast")
+    with pytest.raises(ValueError, match="SCM takes 0/1 digits"):
+        CacheConfig.parse("F1B0_SCM1102")
+
+
+def _drift_loop(compiled, steps=28):
+    """Fn residual r_s = -(1 + 0.02 s)·w: a 2 %/step linear drift (timesteps still decrease)."""
+    x = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for s in range(steps):
+            compiled(x, torch.tensor([-1000.0 * (1 + 0.02 * s)]))
+
+
+@pytest.mark.parametrize("policy, want", [
+    ("dynamic", "1111110110101101011001110011"),  # cache-dit's verified sequence: some 0 steps recomputed
+    ("static", SCM_GOLDEN["medium"]),  # static: exactly the mask
+])
+def test_scm_compiled_and_reference(toy, policy, want):
+    model, compiled = toy
+    spec = f"F1B0_W8_R0.03_SCMmedium_N28_{policy}"
+    ora = reference.EagerDBCache(model, CacheConfig.parse(spec), ["transformer_blocks"], pattern=3)
+    _drift_loop(model)
+    ora.remove()
+    assert _string(ora.cached_steps(), 28) == want
+    dit_cache_fx.configure(compiled, spec)
+    dit_cache_fx.reset(compiled)  # negative timesteps continue "forward" from the previous test's generation
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _drift_loop(compiled)
+    s = dit_cache_fx.summary(compiled)
+    assert _string(s.cached_steps, 28) == want
+    if policy == "static":
+        assert all(step not in s.residual_diffs for step in s.cached_steps)  # no diff on a fixed schedule
+    assert len(handle(compiled).graphs) == 1

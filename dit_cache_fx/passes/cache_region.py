@@ -10,7 +10,7 @@ Before (Fn=1, Bn=0, two streams; names shortened)::
 After::
 
     h1, e1 = <block 0 nodes>(h0, e0, temb, rope, params0)
-    use_cache, b, dt, n_valid = runtime.decide(ctl, tst, prm, anchor, log, timestep, h0, h1)
+    use_cache, b, dt, n_valid = runtime.decide(ctl, tst, prm, mask, anchor, log, timestep, h0, h1)
     fh, fe = runtime.pick(stack_h, b), runtime.pick(stack_e, b)
     r = cond(use_cache, cached_branch, compute_branch, (h1, e1, fh, fe, dt, n_valid, temb, rope, params1, params2))
     h3, e3 = r[0], r[1]
@@ -38,14 +38,14 @@ from .plan import RegionPlan
 
 def rewrite_cache_region(gm: GraphModule, plan: RegionPlan, orders: list[int]) -> list[Node]:
     """Rewrite `plan.region` in `gm` in place; returns the new state placeholders, in `RegionState.tensors`
-    order (ctl, tst, prm, log, anchor, one factor stack per stream). `orders`: Taylor order per stream."""
+    order (ctl, tst, prm, mask, log, anchor, one factor stack per stream). `orders`: Taylor order per stream."""
     graph = gm.graph
     first = plan.region[0]
     for n in plan.hoist:  # stream-independent values read after the span: compute them first
         first.prepend(n)
 
     state = _add_state_placeholders(graph, len(plan.stream_in))
-    ctl, tst, prm, log, anchor, *stacks = state
+    ctl, tst, prm, mask, log, anchor, *stacks = state
     n_streams = len(plan.stream_in)
     compute_gm = _compute_branch(plan, orders)
     cached_gm = _cached_branch(plan, orders)
@@ -53,7 +53,7 @@ def rewrite_cache_region(gm: GraphModule, plan: RegionPlan, orders: list[int]) -
     gm.add_submodule("dit_cache_cached", cached_gm)
 
     with graph.inserting_before(first):
-        dec = _call(graph, runtime.decide, (ctl, tst, prm, anchor, log, plan.timestep, plan.fn_entry, plan.fn_out),
+        dec = _call(graph, runtime.decide, (ctl, tst, prm, mask, anchor, log, plan.timestep, plan.fn_entry, plan.fn_out),
                     meta_from=plan.fn_out)
         use_cache, b, dt, n_valid = (_call(graph, operator.getitem, (dec, i), meta_from=None) for i in range(4))
         picked = [_call(graph, runtime.pick, (s, b), meta_from=None) for s in stacks]
@@ -82,7 +82,7 @@ def rewrite_cache_region(gm: GraphModule, plan: RegionPlan, orders: list[int]) -
 
 def _add_state_placeholders(graph: Graph, n_streams: int) -> list[Node]:
     last_ph = [n for n in graph.nodes if n.op == "placeholder"][-1]
-    names = ["dit_cache_ctl", "dit_cache_tst", "dit_cache_prm", "dit_cache_log", "dit_cache_anchor"]
+    names = ["dit_cache_ctl", "dit_cache_tst", "dit_cache_prm", "dit_cache_mask", "dit_cache_log", "dit_cache_anchor"]
     names += [f"dit_cache_stack{k}" for k in range(n_streams)]
     nodes = []
     with graph.inserting_after(last_ph):
