@@ -70,16 +70,29 @@ def compile_time_child(kind: str, cfg_name: str) -> None:
     print(json.dumps({"seconds": dt, **{k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph")}}))
 
 
-def compile_times(cfg_name: str) -> dict:
-    out = {}
-    dirs = {kind: tempfile.mkdtemp(prefix=f"dcf_bench_{kind}_") for kind in ("inductor", "dit_cache_fx")}
+def compile_times(cfg_name: str, repeats: int = 1) -> dict:
+    """First-call seconds per (cache state, compiler): median over `repeats` fresh cache directories."""
+    runs: dict = {}
+    for _ in range(repeats):
+        dirs = {kind: tempfile.mkdtemp(prefix=f"dcf_bench_{kind}_") for kind in ("inductor", "dit_cache_fx")}
+        for state in ("cold", "warm"):
+            for kind, cache_dir in dirs.items():
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+                r = subprocess.run([sys.executable, __file__, "--child", kind, "--config", cfg_name], env=env,
+                                   capture_output=True, text=True, check=True)
+                runs.setdefault((state, kind), []).append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return {k: {**v[-1], "seconds": statistics.median(x["seconds"] for x in v)} for k, v in runs.items()}
+
+
+def compile_table(ct: dict) -> list[str]:
+    lines = ["| compile (first call, fresh process) | torch.compile s | dit_cache_fx s | ratio | "
+             "dit_cache_fx fxgraph cache |", "|---|---|---|---|---|"]
     for state in ("cold", "warm"):
-        for kind, cache_dir in dirs.items():
-            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
-            r = subprocess.run([sys.executable, __file__, "--child", kind, "--config", cfg_name], env=env,
-                               capture_output=True, text=True, check=True)
-            out[(state, kind)] = json.loads(r.stdout.strip().splitlines()[-1])
-    return out
+        a_, b_ = ct[(state, "inductor")], ct[(state, "dit_cache_fx")]
+        stats = ", ".join(f"{k.replace('fxgraph_cache_', '')}={v}" for k, v in b_.items() if k != "seconds")
+        lines.append(f"| {state} | {a_['seconds']:.1f} | {b_['seconds']:.1f} | "
+                     f"{b_['seconds'] / a_['seconds']:.2f}x | {stats} |")
+    return lines
 
 
 def call_overhead(repeats: int = 5, calls: int = 50) -> tuple[float, float]:
@@ -105,9 +118,14 @@ def main() -> None:
     p.add_argument("--child", choices=["inductor", "dit_cache_fx"])
     p.add_argument("--config", default="full")
     p.add_argument("--out", default=None, help="also write the report to this markdown file")
+    p.add_argument("--compile-repeats", type=int, default=3)
+    p.add_argument("--compile-only", action="store_true", help="only the fresh-process compile-time table")
     a = p.parse_args()
     if a.child:
         return compile_time_child(a.child, a.config)
+    if a.compile_only:
+        print("\n".join(compile_table(compile_times("quick" if a.quick else "full", a.compile_repeats))))
+        return None
     cfg_name = "quick" if a.quick else "full"
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model, inputs = build(CONFIGS[cfg_name])
@@ -152,14 +170,8 @@ def main() -> None:
     us_plain, us_dcf = call_overhead()
     lines.append(f"per-call time of a tiny model: torch.compile {us_plain:.0f} µs, dit_cache_fx {us_dcf:.0f} µs "
                  f"({us_dcf - us_plain:+.0f} µs)")
-    ct = compile_times(cfg_name)
-    lines += ["", "| compile (first call, fresh process) | torch.compile s | dit_cache_fx s | ratio | "
-              "dit_cache_fx fxgraph cache |", "|---|---|---|---|---|"]
-    for state in ("cold", "warm"):
-        a_, b_ = ct[(state, "inductor")], ct[(state, "dit_cache_fx")]
-        stats = ", ".join(f"{k.replace('fxgraph_cache_', '')}={v}" for k, v in b_.items() if k != "seconds")
-        lines.append(f"| {state} | {a_['seconds']:.1f} | {b_['seconds']:.1f} | "
-                     f"{b_['seconds'] / a_['seconds']:.2f}x | {stats} |")
+    lines += ["", f"compile times: median of {a.compile_repeats} fresh cache directories"]
+    lines += compile_table(compile_times(cfg_name, a.compile_repeats))
     report = "\n".join(lines)
     print(report)
     if a.out:
