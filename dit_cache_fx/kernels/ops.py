@@ -1,48 +1,87 @@
-"""The kernels as `torch.library.triton_op`s: `torch.ops.dit_cache_fx.{rel_l1_diff,taylor_update,taylor_forecast}`.
+"""The kernels as `torch.library.triton_op`s: `torch.ops.dit_cache_fx.<name>` for the three names below.
 
-Each op body starts with a static device branch: CUDA tensors launch the Triton kernel (inductor sees it
-through `wrap_triton` and schedules it as a user kernel); every other device runs plain torch ops, which
-is also what `torch.compile` traces on CPU (a `register_kernel("cpu")` fallback would be bypassed there,
-because triton_ops are decomposed into their bodies under compile).
+Each op body checks its inputs, then takes a static device branch: CUDA tensors launch the Triton kernel
+(through `wrap_triton`, so inductor sees it as a user kernel); every other device, and every device when
+triton is not installed, runs plain torch ops. That torch branch is also what `torch.compile` traces on
+CPU: triton_ops are decomposed into their bodies under compile, so a `register_kernel("cpu")` fallback
+would be bypassed there.
+
+Private helpers, used by the tests and the benchmark: `_<op>_torch` (the torch branch) and `_<op>_triton`
+(launches the Triton kernel on whatever device the tensors are on, e.g. CPU under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
 
 try:
     import triton
-
-    from . import _triton
-except ImportError:  # pragma: no cover - triton is a Linux x86_64 dependency
+except ImportError:  # e.g. macOS, Windows: the ops then always take the torch branch
     triton = None
+if triton is not None:
+    from . import _triton
+else:
     _triton = None
 
-BLOCK = 1024
+BLOCK = 1024  # elements per program and loop iteration (4 warps: 8 per thread, 16-byte loads at 16 bits)
+MAX_PROGRAMS = 1024  # rel_l1_diff: at most this many partial sums, added up by one program
 
 
-def _need_triton() -> None:
-    if _triton is None:
-        raise RuntimeError("dit_cache_fx kernels on CUDA need triton: pip install triton")
+# ---------------------------------------------------------------------------------------------------------
+# input checks (ValueError naming the op and the problem)
 
 
-def _check_same(a: Tensor, b: Tensor, what: str) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-    if a.device != b.device:
-        raise ValueError(f"{what}: devices differ, {a.device} vs {b.device}")
+def _check_float(op: str, name: str, t: Tensor) -> None:
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
 
 
-def _check_stack(factors: Tensor, value: Tensor, what: str) -> None:
-    if factors.dim() != value.dim() + 1 or factors.shape[1:] != value.shape:
-        raise ValueError(f"{what}: factors must have shape [K+1, *{tuple(value.shape)}], got {tuple(factors.shape)}")
+def _check_scalar(op: str, name: str, t: Tensor, like: Tensor, integer: bool = False) -> None:
+    if integer:
+        ok = not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+    else:
+        ok = t.dtype.is_floating_point
+    if t.dim() != 0 or not ok:
+        kind = "integer" if integer else "floating-point"
+        raise ValueError(f"{op}: {name} must be a 0-dim {kind} tensor, got shape {tuple(t.shape)} {t.dtype}")
+    if t.device != like.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but the data is on {like.device}; move it there")
 
 
-# ---------------------------------------------------------------------------------------------
-# torch implementations (CPU branch, and the reference the Triton kernels are tested against)
+def _check_stack(op: str, factors: Tensor, value: Tensor, value_name: str) -> None:
+    _check_float(op, "factors", factors)
+    _check_float(op, value_name, value)
+    if factors.dim() != value.dim() + 1 or factors.shape[0] < 1 or factors.shape[1:] != value.shape:
+        raise ValueError(f"{op}: factors must have shape [K+1, *{value_name}.shape] = [K+1, "
+                         f"{', '.join(map(str, value.shape))}] with K >= 0, got {tuple(factors.shape)}")
+    if factors.device != value.device:
+        raise ValueError(f"{op}: factors is on {factors.device} but {value_name} is on {value.device}")
+
+
+def _check_rel_l1_diff(prev: Tensor, cur: Tensor) -> None:
+    _check_float("rel_l1_diff", "prev", prev)
+    _check_float("rel_l1_diff", "cur", cur)
+    if prev.shape != cur.shape:
+        raise ValueError(f"rel_l1_diff: prev and cur must have the same shape, got {tuple(prev.shape)} "
+                         f"and {tuple(cur.shape)}")
+    if prev.device != cur.device:
+        raise ValueError(f"rel_l1_diff: prev is on {prev.device} but cur is on {cur.device}")
+
+
+def _check_taylor_update(factors: Tensor, value: Tensor, gap: Tensor, n_valid: Tensor) -> None:
+    _check_stack("taylor_update", factors, value, "value")
+    _check_scalar("taylor_update", "gap", gap, value)
+    _check_scalar("taylor_update", "n_valid", n_valid, value, integer=True)
+
+
+def _check_taylor_forecast(base: Tensor, factors: Tensor, k: Tensor) -> None:
+    _check_stack("taylor_forecast", factors, base, "base")
+    _check_scalar("taylor_forecast", "k", k, base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch branch: plain ops that inductor fuses into one kernel each (also the reference for the kernels)
 
 
 def _rel_l1_diff_torch(prev: Tensor, cur: Tensor) -> Tensor:
@@ -51,91 +90,125 @@ def _rel_l1_diff_torch(prev: Tensor, cur: Tensor) -> Tensor:
 
 
 def _taylor_update_torch(factors: Tensor, value: Tensor, gap: Tensor, n_valid: Tensor) -> Tensor:
-    cur = value.float()
-    out = [cur]
+    new = value.float()
+    out = [value.to(factors.dtype)]
     for i in range(factors.shape[0] - 1):
-        cur = torch.where(n_valid > i, (cur - factors[i].float()) / gap.float(), 0.0)
-        out.append(cur)
-    return torch.stack(out).to(factors.dtype)
+        new = torch.where(n_valid > i, (new - factors[i].float()) / gap.float(), 0.0)
+        out.append(new.to(factors.dtype))  # cast before the stack: inductor then writes each slice once
+    return torch.stack(out)
 
 
 def _taylor_forecast_torch(base: Tensor, factors: Tensor, k: Tensor) -> Tensor:
-    acc = base.float()
+    acc, coef = base.float(), torch.ones_like(k, dtype=torch.float32)
     for i in range(factors.shape[0]):
-        acc = acc + factors[i].float() * (k.float() ** i / math.factorial(i))
+        acc = acc + coef * factors[i].float()
+        coef = coef * k.float() / (i + 1)
     return acc.to(base.dtype)
 
 
-# ---------------------------------------------------------------------------------------------
-# Triton launchers (any device triton can run on; CPU tensors under TRITON_INTERPRET=1)
+# ---------------------------------------------------------------------------------------------------------
+# Triton launchers. `out=` lets tests pass a NaN-poisoned output; `block`/`max_programs` let them force
+# several programs and loop iterations on tiny inputs.
 
 
-def _launch(kernel):
-    return torch.library.wrap_triton(kernel) if torch.compiler.is_compiling() else kernel
+def _require_triton() -> None:
+    if _triton is None:
+        raise RuntimeError("dit_cache_fx.kernels: the Triton kernels need triton (pip install triton); "
+                           "without it the ops run their torch branch on every device")
 
 
-def _rel_l1_diff_triton(prev: Tensor, cur: Tensor, out: Tensor | None = None) -> Tensor:
-    _need_triton()
+def _out(out: Tensor | None, like: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    if out.shape != shape or out.dtype != dtype or out.device != like.device or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {tuple(shape)} on {like.device}")
+    return out
+
+
+def _rel_l1_diff_triton(prev: Tensor, cur: Tensor, out: Tensor | None = None, *, block: int = BLOCK,
+                        max_programs: int = MAX_PROGRAMS) -> Tensor:
+    _require_triton()
     prev, cur = prev.contiguous(), cur.contiguous()
     n = prev.numel()
-    grid = max(1, triton.cdiv(n, BLOCK))
-    partial = torch.empty(2 * grid, dtype=torch.float32, device=prev.device)
-    out = torch.empty((), dtype=torch.float32, device=prev.device) if out is None else out
-    _launch(_triton.rel_l1_partial_kernel)[(grid,)](prev, cur, partial, n, BLOCK=BLOCK)
-    _launch(_triton.rel_l1_finish_kernel)[(1,)](partial, out, grid, BLOCK=BLOCK)
+    n_programs = min(max(1, triton.cdiv(n, block)), max_programs)
+    # per program: partial[0] = Σ|prev - cur|, partial[1] = Σ|prev|
+    partial = torch.empty((2, n_programs), dtype=torch.float32, device=prev.device)
+    out = _out(out, prev, torch.Size(()), torch.float32)
+    torch.library.wrap_triton(_triton.rel_l1_partial_kernel)[(n_programs,)](
+        prev, cur, partial, n, BLOCK=block)
+    torch.library.wrap_triton(_triton.rel_l1_finish_kernel)[(1,)](
+        partial, out, n_programs, BLOCK=triton.next_power_of_2(max_programs))
     return out
 
 
 def _taylor_update_triton(factors: Tensor, value: Tensor, gap: Tensor, n_valid: Tensor,
-                          out: Tensor | None = None) -> Tensor:
-    _need_triton()
+                          out: Tensor | None = None, *, block: int = BLOCK) -> Tensor:
+    _require_triton()
     factors, value = factors.contiguous(), value.contiguous()
     n = value.numel()
-    out = torch.empty_like(factors) if out is None else out
-    grid = (max(1, triton.cdiv(n, BLOCK)),)
-    _launch(_triton.taylor_update_kernel)[grid](factors, value, gap, n_valid, out, n,
-                                                ORDER=factors.shape[0] - 1, BLOCK=BLOCK)
+    out = _out(out, factors, factors.shape, factors.dtype)
+    torch.library.wrap_triton(_triton.taylor_update_kernel)[(max(1, triton.cdiv(n, block)),)](
+        factors, value, gap, n_valid, out, n, ORDER=factors.shape[0] - 1, BLOCK=block)
     return out
 
 
-def _taylor_forecast_triton(base: Tensor, factors: Tensor, k: Tensor, out: Tensor | None = None) -> Tensor:
-    _need_triton()
+def _taylor_forecast_triton(base: Tensor, factors: Tensor, k: Tensor, out: Tensor | None = None, *,
+                            block: int = BLOCK) -> Tensor:
+    _require_triton()
     base, factors = base.contiguous(), factors.contiguous()
     n = base.numel()
-    out = torch.empty_like(base) if out is None else out
-    grid = (max(1, triton.cdiv(n, BLOCK)),)
-    _launch(_triton.taylor_forecast_kernel)[grid](base, factors, k, out, n, ORDER=factors.shape[0] - 1, BLOCK=BLOCK)
+    out = _out(out, base, base.shape, base.dtype)
+    torch.library.wrap_triton(_triton.taylor_forecast_kernel)[(max(1, triton.cdiv(n, block)),)](
+        base, factors, k, out, n, ORDER=factors.shape[0] - 1, BLOCK=block)
     return out
 
 
-# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------
 # the ops
 
 
 @torch.library.triton_op("dit_cache_fx::rel_l1_diff", mutates_args=())
 def rel_l1_diff(prev: Tensor, cur: Tensor) -> Tensor:
     """mean|prev − cur| / mean|prev| over all elements, as a 0-dim float32 tensor (no host sync).
-    A zero `prev` gives inf or nan (x/0), as torch would."""
-    _check_same(prev, cur, "rel_l1_diff")
-    if prev.device.type != "cuda":
+
+    Accumulates in fp32. If mean|prev| is 0 the result is what torch gives for x/0: inf, or nan when
+    cur == prev too (and for empty tensors); callers guard it.
+    """
+    _check_rel_l1_diff(prev, cur)
+    if _triton is None or prev.device.type != "cuda":
         return _rel_l1_diff_torch(prev, cur)
     return _rel_l1_diff_triton(prev, cur)
 
 
 @torch.library.triton_op("dit_cache_fx::taylor_update", mutates_args=())
 def taylor_update(factors: Tensor, value: Tensor, gap: Tensor, n_valid: Tensor) -> Tensor:
-    """New TaylorSeer factor stack [K+1, *value.shape]: F0 = value, F(i+1) = (F_i new − F_i old) / gap for the
-    `n_valid` valid old factors, 0 beyond. `gap`: float 0-dim (steps since the previous computed step)."""
-    _check_stack(factors, value, "taylor_update")
-    if value.device.type != "cuda":
+    """The new TaylorSeer stack after a computed step (divided differences over computed steps).
+
+    Args:
+        factors: `[K+1, *value.shape]`, F_0 = value at the last computed step, F_i = i-th divided
+            difference; only the first `n_valid` are valid (the rest are zero).
+        value: Y, the value at this computed step.
+        gap: 0-dim float, steps between this computed step and the previous one.
+        n_valid: 0-dim int in 0..K+1. The caller advances it to min(n_valid + 1, K + 1).
+
+    Returns:
+        `[K+1, *value.shape]` in factors' dtype: new F_0 = Y, new F_{i+1} = (new F_i − F_i) / gap for
+        i < n_valid, else 0. Computed in fp32.
+    """
+    _check_taylor_update(factors, value, gap, n_valid)
+    if _triton is None or value.device.type != "cuda":
         return _taylor_update_torch(factors, value, gap, n_valid)
     return _taylor_update_triton(factors, value, gap, n_valid)
 
 
 @torch.library.triton_op("dit_cache_fx::taylor_forecast", mutates_args=())
 def taylor_forecast(base: Tensor, factors: Tensor, k: Tensor) -> Tensor:
-    """base + Σ_i F_i · kⁱ / i!  (the forecast residual added to the current stream), in base's dtype."""
-    _check_stack(factors, base, "taylor_forecast")
-    if base.device.type != "cuda":
+    """base + Σ_i F_i · kⁱ / i! (the forecast residual added to `base`), accumulated in fp32, in base's dtype.
+
+    `factors`: `[K+1, *base.shape]` as made by `taylor_update` (invalid factors are zero and add nothing);
+    `k`: 0-dim float, steps since the last computed step.
+    """
+    _check_taylor_forecast(base, factors, k)
+    if _triton is None or base.device.type != "cuda":
         return _taylor_forecast_torch(base, factors, k)
     return _taylor_forecast_triton(base, factors, k)
