@@ -88,7 +88,7 @@ def dynamo_counters() -> dict:
     return counters
 
 
-def count_graphs(fn: Callable, *args, **kwargs) -> tuple[int, int, list[str]]:
+def count_graphs(fn: Callable, *args, fullgraph: bool = False, **kwargs) -> tuple[int, int, list[str]]:
     """Trace `fn` once more with a recording backend: (graphs, graph breaks, break reasons).
 
     Unlike `torch._dynamo.explain`, this does not `reset()` Dynamo, so compiled models keep their code
@@ -105,6 +105,68 @@ def count_graphs(fn: Callable, *args, **kwargs) -> tuple[int, int, list[str]]:
         return gm.forward
 
     before = collections.Counter(counters["graph_break"])
-    torch.compile(fn, backend=record, dynamic=False, isolate_recompiles=True)(*args, **kwargs)
+    torch.compile(fn, backend=record, dynamic=False, fullgraph=fullgraph, isolate_recompiles=True)(*args, **kwargs)
     new = collections.Counter(counters["graph_break"]) - before
     return len(graphs), sum(new.values()), list(new)
+
+
+def size_hint(x: Any) -> int | None:
+    """A concrete int for a size: an int itself, a backed SymInt's example value; else None."""
+    if isinstance(x, int):
+        return x
+    if isinstance(x, torch.SymInt):
+        hint = x.node.hint
+        return int(hint) if hint is not None else None
+    return None
+
+
+def compile_function(fn: Callable, example_inputs: list[torch.Tensor]) -> Callable:
+    """Compile a small tensor function (in-place updates allowed) with inductor, without Dynamo: traced
+    with fake tensors by make_fx, so no guards run when it is called (call it with the same shapes,
+    dtypes and devices)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.no_grad():
+        gm = make_fx(fn, tracing_mode="fake")(*example_inputs)
+        return compile_fx(gm, example_inputs)
+
+
+def sym_expr(x: Any):
+    """The sympy expression of a SymInt (None for a plain int)."""
+    if isinstance(x, torch.SymInt):
+        return x.node.expr
+    return None
+
+
+def eval_size(x: Any, env: dict) -> int:
+    """A size (int or SymInt) at the concrete symbol values `env`."""
+    e = sym_expr(x)
+    return int(x) if e is None else int(e.xreplace(env))
+
+
+def fake_mode_of(values: list):
+    """The fake mode of some fake values (e.g. a Dynamo graph's `example_value`s; not the tracing context's,
+    which `torch._guards.detect_fake_mode` would prefer)."""
+    return next(m for v in values if (m := getattr(v, "fake_mode", None)) is not None)
+
+
+def backend_fake_mode(example_inputs: list):
+    """The fake mode inductor will trace the backend's graph under (the tracing context's); it shares its
+    shape environment with the graph's values, not their fake mode."""
+    from torch._guards import TracingContext, detect_fake_mode
+
+    ctx = TracingContext.try_get()
+    return ctx.fake_mode if ctx is not None and ctx.fake_mode is not None else detect_fake_mode(example_inputs)
+
+
+def backend_compiler_failed() -> type[BaseException]:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return BackendCompilerFailed
+
+
+def graph_break_reasons() -> list[str]:
+    """Dynamo's graph-break reasons recorded so far in this process (first line of each)."""
+    from torch._dynamo.utils import counters
+
+    return [str(r).splitlines()[0] for r in counters["graph_break"]]

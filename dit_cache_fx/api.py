@@ -1,40 +1,49 @@
-"""Public entry points: compile, summary, reset, configure, explain."""
+"""Public entry points: compile, configure, reset, release (summary and explain live in their modules)."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from . import _compat
-from .backend import CacheBackend, CacheHandle, NoBlockRunError
-from .config import CacheConfig, as_config
+from .backend import CacheBackend, CacheHandle
+from .config import CacheArg, CacheConfig, RunSpecs
+from .errors import CachePlanError, DitCacheError, NoBlockRunError
+from .runtime.store import StateStore
 
 _HANDLE_ATTR = "_dit_cache_fx"
 
 
-def compile(module: torch.nn.Module, cache: str | CacheConfig | None = "F8B0", *,
-            on_no_blocks: str = "raise", **torch_compile_kwargs: Any) -> torch.nn.Module:
+def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: str = "raise",
+            max_shapes: int = 4, **torch_compile_kwargs: Any) -> torch.nn.Module:
     """Compile `module` with DBCache step caching rewritten into the graph.
 
     Args:
-        module: a diffusers transformer (or any module whose forward runs a list of repeated blocks).
-        cache: a spec string (`"F8B0_W8MC3_R0.08_T1"`, see `CacheConfig`), a `CacheConfig`, or None for
-            plain `torch.compile` through the same backend.
+        module: a diffusers transformer (or any module whose forward runs lists of repeated blocks).
+        cache: a spec string (`"F8B0_W8MC3_R0.08_T1"`, see `CacheConfig`) or a `CacheConfig`, used for
+            every block run; or a mapping from block-list name to a spec (or None: not cached), e.g.
+            `{"transformer_blocks": "F1B0_R0.08", "single_transformer_blocks": "F1B0_R0.24"}` (see
+            `config.RunSpecs`); or None for plain `torch.compile` through the same backend.
         on_no_blocks: "raise" (default) or "compile": what to do when the traced model has no run of
-            repeated blocks; "compile" warns and compiles it without a cache.
-        **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, ...); `mode=` and `options=` become
-            inductor config for our backend, as with the default backend; `dynamic` must stay False.
+            repeated blocks that can be cached; "compile" warns and compiles it without a cache.
+        max_shapes: per cache region, the cache state of at most this many input shapes is kept (least
+            recently used dropped first); `release(module)` frees all of it.
+        **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, `dynamic`, ...); `mode=` and
+            `options=` become inductor config for our backend, as with the default backend.
 
     Returns:
         A drop-in module (`torch.compile`'s wrapper): same call signature and outputs, and attribute
         access (`config`, `dtype`, `device`, ...) reaches the original module.
 
+    Raises:
+        CachePlanError: already here when no block list of the module is long enough for Fn + Bn.
+
     Example:
-        >>> pipe.transformer = dit_cache_fx.compile(pipe.transformer, cache="F8B0")
+        >>> pipe.transformer = dit_cache_fx.compile(pipe.transformer, cache="F1B0_R0.12")
         >>> image = pipe(prompt, num_inference_steps=28).images[0]
         >>> print(dit_cache_fx.summary(pipe.transformer))
     """
@@ -45,47 +54,104 @@ def compile(module: torch.nn.Module, cache: str | CacheConfig | None = "F8B0", *
     mode = torch_compile_kwargs.pop("mode", None)
     options = dict(_compat.inductor_mode_options(mode) if mode else {})
     options.update(torch_compile_kwargs.pop("options", None) or {})
-    if torch_compile_kwargs.get("dynamic"):
-        raise ValueError("dit_cache_fx.compile needs static shapes: dynamic=True is not supported")
     torch_compile_kwargs.setdefault("dynamic", False)
-    # each compiled wrapper keeps its own Dynamo entries: several cache settings of one model class (or
-    # several diffusers models sharing a forward wrapper) neither count as each other's recompiles nor
-    # exhaust the shared recompile limit
+    # each compiled wrapper keeps its own Dynamo entries: several cache settings of one model class (or the two
+    # experts of Wan 2.2) neither count as each other's recompiles nor exhaust a shared recompile limit
     torch_compile_kwargs.setdefault("isolate_recompiles", True)
-    config = None if cache is None else as_config(cache)
-    handle = CacheHandle(config, _first_input_name(module), on_no_blocks, options)
+    torch_compile_kwargs.setdefault("recompile_limit", 64)
+    specs = RunSpecs.of(cache)
+    if specs.enabled:
+        check_block_lists(module, specs)
+    handle = CacheHandle(specs, inspect.signature(module.forward), StateStore(specs.step_config.enable_separate_cfg,
+                                                                            max_shapes),
+                         on_no_blocks, options, torch_compile_kwargs["dynamic"])
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
-    # on the wrapper itself (its __setattr__ would forward to the original module, which several compiled
-    # wrappers may share)
+    # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
-    if config is not None:
-        hook = compiled.register_forward_hook(lambda *_: _check_found(handle, hook))
+    compiled.forward = _forward(handle, compiled.forward)
     return compiled
 
 
-def _first_input_name(module: torch.nn.Module) -> str | None:
-    params = [p for p in inspect.signature(module.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return params[0].name if params else None
+def _forward(handle: CacheHandle, dynamo_forward):
+    failed = _compat.backend_compiler_failed()
+
+    def forward(*args, **kwargs):
+        handle.begin_call(args, kwargs)
+        try:
+            out = dynamo_forward(*args, **kwargs)
+        except failed as e:  # our own errors reach the user as themselves, not wrapped by Dynamo
+            if isinstance(e.inner_exception, DitCacheError):
+                raise e.inner_exception from None
+            raise
+        _end_call(handle)
+        return out
+
+    return forward
 
 
-def _check_found(handle: CacheHandle, hook) -> None:
-    """After the first call: a cache was asked for, so some graph must have had a block run."""
-    if not handle.graphs:
+def _end_call(handle: CacheHandle) -> None:
+    if not handle.specs.enabled:
         return
-    hook.remove()
-    if handle.states:
+    if not handle.ran and handle.regions and not handle.warned_eager:
+        handle.warned_eager = True
+        warnings.warn("dit_cache_fx: this call ran without the compiled graphs (Dynamo fell back to eager, e.g. its "
+                      "recompile limit was hit): nothing was cached. Compile with dynamic=True, or pass a larger "
+                      "recompile_limit=", stacklevel=3)
+    if handle.checked or not handle.graphs:
         return
-    sizes = ", ".join(str(g.num_nodes) for g in handle.graphs)
-    msg = (f"dit_cache_fx found no run of repeated transformer blocks in the traced model ({len(handle.graphs)} "
-           f"graph(s) of {sizes} nodes): a run is >= 2 consecutive `<list>.<i>` submodules whose outputs feed "
-           "the next one directly. Nothing would be cached")
+    handle.checked = True
+    if handle.regions:
+        return
+    msg = "dit_cache_fx found no cacheable run of repeated transformer blocks in the traced model"
+    why = [f"{r.name}: {r.reason}" for g in handle.graphs for r in g.record.rejected]
+    why += [f"{name}: {reason}" for g in handle.graphs for name, reason in g.record.skipped]
+    if len(handle.graphs) > 1:
+        why.append(f"the model was traced as {len(handle.graphs)} graphs (graph breaks), so a block run split by a "
+                   "break is in none of them: " + "; ".join(_compat.graph_break_reasons()[:3]))
+    detail = ("; ".join(why) if why else "a run is >= 2 consecutive `<list>.<i>` blocks of one class whose outputs "
+              "feed the next one directly")
     if handle.on_no_blocks == "raise":
-        raise NoBlockRunError(msg + "; pass on_no_blocks='compile' to compile it without a cache.")
-    warnings.warn(msg + "; compiled without a cache.", stacklevel=3)
+        raise NoBlockRunError(f"{msg} ({detail}); pass on_no_blocks='compile' to compile it without a cache.")
+    warnings.warn(f"{msg} ({detail}); compiled without a cache.", stacklevel=3)
 
 
-def _handle(module: torch.nn.Module) -> CacheHandle:
+# ---------------------------------------------------------------------------------------------------------
+# block lists known before tracing
+
+
+def block_lists(module: torch.nn.Module) -> dict[str, int]:
+    """`ModuleList`s of >= 2 modules of one class, by qualified name: the candidate block lists."""
+    out = {}
+    for name, m in module.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) >= 2 and len({type(b) for b in m}) == 1:
+            out[name] = len(m)
+    return out
+
+
+def check_block_lists(module: torch.nn.Module, specs: RunSpecs) -> None:
+    """Fail early for what is known before tracing: unknown list names, Fn + Bn longer than any run."""
+    lists = block_lists(module)
+    unknown = specs.names() - set(lists)
+    if unknown:
+        raise CachePlanError(f"no block list named {sorted(unknown)} in {type(module).__name__}; its block lists are "
+                             f"{lists}")
+    longest = sum(lists.values())  # a run may chain several lists (at most all of them)
+    for key, config in [("*", specs.default), *specs.per_list]:
+        if config is None or (key == "*" and specs.per_list and not lists.keys() - specs.names()):
+            continue
+        n = longest if key == "*" else sum(lists[k] for k in key.split("+"))
+        need = config.Fn_compute_blocks + config.Bn_compute_blocks
+        if lists and need >= n:
+            where = f"the {n} blocks of {type(module).__name__} ({lists})" if key == "*" else f"{key} ({n} blocks)"
+            raise CachePlanError(f"Fn={config.Fn_compute_blocks} + Bn={config.Bn_compute_blocks} leaves no middle "
+                                 f"blocks to cache in {where}: need Fn + Bn < {n}, e.g. cache='F1B0'")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# runtime control
+
+
+def handle_of(module: torch.nn.Module) -> CacheHandle:
     handle = module.__dict__.get(_HANDLE_ATTR)
     if handle is None:
         raise TypeError(f"{type(module).__name__} was not compiled by dit_cache_fx.compile")
@@ -93,159 +159,91 @@ def _handle(module: torch.nn.Module) -> CacheHandle:
 
 
 def reset(module: torch.nn.Module) -> None:
-    """Start a new generation at the next call (one is also started automatically when the timestep
-    does not move forward)."""
-    for state in _handle(module).states:
-        state.reset()
+    """Start a new generation at the next call (one is also started automatically when the timesteps
+    restart)."""
+    handle_of(module).store.reset()
 
 
-def configure(module: torch.nn.Module, cache: str | CacheConfig) -> None:
-    """Change threshold, warmup, M, MC or CFG mode of a compiled module without recompiling.
+def release(module: torch.nn.Module) -> None:
+    """Free the cache state of every input shape (the next call at a shape starts from scratch)."""
+    handle_of(module).store.release()
 
-    Fn, Bn and the TaylorSeer order shape the graph; changing them needs `dit_cache_fx.compile` again.
+
+def configure(module: torch.nn.Module, cache: CacheArg = None, *, region: str | None = None, **fields: Any) -> None:
+    """Change runtime settings of a compiled module without recompiling.
+
+    Either a full spec (`configure(m, "F1B0_W4_R0.2")`: every field takes the spec's value or its default,
+    as in `compile`), or keyword fields that change only themselves (`configure(m, residual_diff_threshold=0.2)`),
+    for every region or the one named (`region="single_transformer_blocks[0:38]"` or a block-list name).
+    Fields that shape the graph (`CacheConfig.structural_fields()`: Fn, Bn, TaylorSeer order and encoder,
+    timestep_arg) cannot change: compile again for those.
     """
-    handle = _handle(module)
-    new = as_config(cache)
-    old = handle.config
-    if old is None:
+    handle = handle_of(module)
+    if (cache is None) == (not fields):
+        raise TypeError("configure takes a spec (string, CacheConfig or mapping) or keyword fields, not both")
+    bad = set(fields) - {f.name for f in dataclasses.fields(CacheConfig)}
+    if bad:
+        raise TypeError(f"unknown CacheConfig fields {sorted(bad)}")
+    if not handle.specs.enabled:
         raise ValueError("this module was compiled with cache=None; compile it again with a cache")
-    structural = ("Fn_compute_blocks", "Bn_compute_blocks", "taylorseer_order", "timestep_arg")
-    changed = [f for f in structural if getattr(new, f) != getattr(old, f)]
-    if changed:
-        raise ValueError(f"changing {', '.join(changed)} changes the graph: call dit_cache_fx.compile again on the "
-                         "original module (module._orig_mod)")
-    handle.config = new
-    for state in handle.states:
-        state.set_policy(new)
+    new_specs = RunSpecs.of(cache) if cache is not None else handle.specs
+    if cache is not None:  # also before the first call, when no region exists yet
+        _check_structure(handle.specs, new_specs)
+    targets = _regions(handle, region)
+    updates = {}
+    for name, lists in targets.items():
+        old = handle.store.configs.get(name) or _config_for(handle.specs, lists)
+        new = _config_for(new_specs, lists).replace(**fields) if cache is not None else old.replace(**fields)
+        if old is None or new is None:
+            raise ValueError(f"region {name}: caching cannot be switched on or off without compiling again")
+        changed = [f for f in CacheConfig.structural_fields() if getattr(new, f) != getattr(old, f)]
+        if changed:
+            raise ValueError(f"changing {', '.join(changed)} changes the graph: call dit_cache_fx.compile again on the "
+                             "original module (module._orig_mod)")
+        updates[name] = new
+    if cache is not None:
+        handle.specs = new_specs
+    elif region is None:
+        handle.specs = _replace_specs(handle.specs, fields)
+    for name, new in updates.items():
+        handle.store.configure(name, new)
+    step_values = {c.enable_separate_cfg for c in updates.values()} or {
+        handle.specs.step_config.enable_separate_cfg}
+    if len(step_values) > 1:
+        raise ValueError("enable_separate_cfg is one setting for the whole model")
+    handle.store.set_cfg_mode(step_values.pop())
 
 
-# ---------------------------------------------------------------------------------------------
-# summary
+def _check_structure(old: RunSpecs, new: RunSpecs) -> None:
+    pairs = list(zip(old.configs, new.configs)) if len(old.configs) == len(new.configs) else None
+    if pairs is None or [k for k, _ in old.per_list] != [k for k, _ in new.per_list]:
+        raise ValueError("the new spec assigns configs to other block lists than the compiled one: that changes the "
+                         "graph; call dit_cache_fx.compile again on the original module (module._orig_mod)")
+    for a, b in pairs:
+        changed = [] if a is None or b is None else [f for f in CacheConfig.structural_fields()
+                                                     if getattr(a, f) != getattr(b, f)]
+        if changed or (a is None) != (b is None):
+            raise ValueError(f"changing {', '.join(changed) or 'which runs are cached'} changes the graph: call "
+                             "dit_cache_fx.compile again on the original module (module._orig_mod)")
 
 
-@dataclass
-class BranchStats:
-    cached_steps: list[int]
-    residual_diffs: dict[int, float]
+def _regions(handle: CacheHandle, region: str | None) -> dict[str, tuple[str, ...]]:
+    known = {r.plan.name: r.plan.run.lists for r in handle.regions}
+    if region is None:
+        return known
+    hit = {n: lists for n, lists in known.items() if region in (n, *lists, "+".join(lists))}
+    if not hit:
+        raise ValueError(f"no cache region {region!r}; regions: {sorted(known)}")
+    return hit
 
 
-@dataclass
-class CacheSummary:
-    """Stats of the latest (or current) generation."""
-
-    config: CacheConfig | None
-    region: str
-    num_steps: int
-    separate_cfg: bool
-    branches: dict[int, BranchStats] = field(default_factory=dict)
-
-    @property
-    def cached_steps(self) -> list[int]:
-        return self.branches[0].cached_steps if self.branches else []
-
-    @property
-    def residual_diffs(self) -> dict[int, float]:
-        return self.branches[0].residual_diffs if self.branches else {}
-
-    def __str__(self) -> str:
-        lines = [f"dit_cache_fx summary: cache={self.config}, region={self.region}",
-                 f"steps: {self.num_steps}, separate CFG: {self.separate_cfg}"]
-        head = "| branch | cached | cached steps | diff P00 | P25 | P50 | P75 | P95 | max |"
-        lines += [head, "|---" * 9 + "|"]
-        for b, st in self.branches.items():
-            d = sorted(st.residual_diffs.values())
-            q = [_pct(d, p) for p in (0, 25, 50, 75, 95, 100)]
-            name = "cond" if b == 0 else "uncond"
-            lines.append(f"| {name} | {len(st.cached_steps)}/{self.num_steps} | {st.cached_steps} | "
-                         + " | ".join(q) + " |")
-        return "\n".join(lines)
+def _config_for(specs: RunSpecs, lists: tuple[str, ...]) -> CacheConfig | None:
+    parts = specs.assign(list(lists))
+    if len(parts) != 1:
+        raise ValueError(f"the spec cuts {'+'.join(lists)} into several regions: that changes the graph")
+    return parts[0][1]
 
 
-def _pct(sorted_vals: list[float], p: float) -> str:
-    if not sorted_vals:
-        return "-"
-    k = (len(sorted_vals) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(sorted_vals) - 1)
-    return f"{sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo):.3f}"
-
-
-def summary(module: torch.nn.Module) -> CacheSummary:
-    """Cached steps and residual diffs of the latest generation (one host sync)."""
-    handle = _handle(module)
-    state = handle.active
-    if state is None:
-        return CacheSummary(handle.config, "", 0, False)
-    rec = state.records()
-    if len(rec) == 0:
-        return CacheSummary(handle.config, state.description, 0, False)
-    gen = rec[-1, 0]
-    rec = rec[rec[:, 0] == gen].tolist()
-    branches: dict[int, BranchStats] = {}
-    for _, step, b, cached, consulted, diff in rec:
-        st = branches.setdefault(int(b), BranchStats([], {}))
-        if cached:
-            st.cached_steps.append(int(step))
-        if consulted:
-            st.residual_diffs[int(step)] = float(diff)
-    num_steps = int(max(r[1] for r in rec)) + 1
-    return CacheSummary(state.config, state.description, num_steps, 1 in branches, dict(sorted(branches.items())))
-
-
-# ---------------------------------------------------------------------------------------------
-# explain
-
-
-@dataclass
-class ExplainReport:
-    config: CacheConfig | None
-    graph_count: int
-    graph_break_count: int
-    break_reasons: list[str]
-    runs: list[str]
-    split: str
-    code: str
-    branch_code: dict[str, str]
-
-    def __str__(self) -> str:
-        out = [f"dit_cache_fx explain: cache={self.config}",
-               f"Dynamo graphs: {self.graph_count}, graph breaks: {self.graph_break_count}"]
-        out += [f"  break: {r}" for r in self.break_reasons]
-        out.append("block runs found:")
-        out += [f"  - {r}" for r in self.runs] or ["  (none)"]
-        out.append(f"cache region: {self.split}")
-        excerpt = [ln.strip() for ln in self.code.splitlines() if "dit_cache" in ln or "higher_order.cond" in ln]
-        if excerpt:
-            out.append("where the graph changed:")
-            out += [f"    {ln[:160]}{' ...' if len(ln) > 160 else ''}" for ln in excerpt if not ln.startswith("def ")]
-        out.append("rewritten graph:")
-        out.append(self.code)
-        for name, code in self.branch_code.items():
-            out.append(f"branch {name}:")
-            out.append(code)
-        return "\n".join(out)
-
-
-def explain(module: torch.nn.Module, *args: Any, **kwargs: Any) -> ExplainReport:
-    """Trace (if given inputs) and report block runs, forward patterns, the Fn/Mn/Bn split, graph
-    breaks and the rewritten graph's code."""
-    handle = _handle(module)
-    breaks, reasons, graphs = 0, [], len(handle.graphs)
-    if args or kwargs:
-        with torch.no_grad():
-            if not handle.graphs:
-                module(*args, **kwargs)
-            graphs, breaks, reasons = _compat.count_graphs(module._orig_mod, *args, **kwargs)
-        reasons = [r.splitlines()[0] for r in reasons]
-    recs = [g for g in handle.graphs if g.plan is not None] or handle.graphs
-    if not recs:
-        raise ValueError("nothing traced yet: call the module once, or pass example inputs to explain()")
-    rec = recs[-1]
-    runs = [r.describe() for r in rec.runs]
-    split = "none"
-    if rec.plan is not None:
-        p = rec.plan
-        names = [b.path for b in p.run.blocks]
-        split = (f"Fn={p.Fn} [{names[0]}..{names[p.Fn - 1]}] | Mn={p.Mn} [{names[p.Fn]}..{names[p.Fn + p.Mn - 1]}]"
-                 f" | Bn={p.Bn}" + (f" [{names[-p.Bn]}..{names[-1]}]" if p.Bn else "")
-                 + f"; streams cached: {', '.join(p.stream_names)}")
-    return ExplainReport(handle.config, graphs, breaks, reasons, runs, split, rec.code, rec.branch_code)
+def _replace_specs(specs: RunSpecs, fields: dict) -> RunSpecs:
+    rep = lambda c: None if c is None else c.replace(**fields)  # noqa: E731
+    return RunSpecs(rep(specs.default), tuple((k, rep(c)) for k, c in specs.per_list))

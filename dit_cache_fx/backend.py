@@ -1,59 +1,216 @@
-"""The Dynamo backend: copy the graph → find block runs → plan Fn|Mn|Bn → rewrite Mn as a cache
-region → compile with inductor. Returns a callable that appends the cache state to the inputs."""
+"""The Dynamo backend: copy the graph → run the passes → compile with inductor → a `GraphRunner` that
+hands the compiled graph its state tensors.
+
+Per compiled module one `CacheHandle` holds the run specs, the state store and what each graph got. Per
+call: the module's forward wrapper (`api`) marks a call as begun; the first graph that runs classifies it
+(step, branch, generation: `runtime.step`), then every graph passes the step context, its regions'
+policies and their per-shape states as extra inputs.
+"""
 
 from __future__ import annotations
 
-import functools
-import hashlib
+import inspect
 import logging
+import re
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import torch
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
-from . import _compat, runtime
-from .config import CacheConfig
-from .passes import cache_region
-from .passes.blocks import BlockRun, _sig, find_runs, main_run
-from .passes.cache_region import rewrite_cache_region
-from .passes.plan import RegionPlan, plan_region
-from .runtime import RegionState
+from . import _compat
+from .config import RunSpecs
+from .errors import CachePlanError
+from .passes.graph_utils import placeholders, value_of
+from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
+from .passes.timestep import find_timestep
+from .runtime import registry, step
+from .runtime.layout import RegionDims
 
 log = logging.getLogger(__name__)
 
 
-class NoBlockRunError(ValueError):
-    """The traced model has no run of repeated transformer blocks to cache."""
+# ---------------------------------------------------------------------------------------------------------
+# model inputs as Dynamo names them
+
+
+@dataclass(frozen=True)
+class InputPath:
+    """Where a graph input comes from in the model call: `L['kwargs']['t']`, `L['args'][1]`, `L['t']`."""
+
+    root: str  # "args", "kwargs" or "local"
+    keys: tuple  # subscripts after the root, first one the argument (index or name)
+
+    @classmethod
+    def of(cls, node: Node) -> InputPath | None:
+        name = _compat.dynamo_source_name(node)
+        m = re.fullmatch(r"L\[['\"](\w+)['\"]\]((?:\[(?:\d+|['\"][^'\"]+['\"])\])*)", name or "")
+        if m is None or m.group(1) == "self":
+            return None
+        keys = tuple(int(k) if k.isdigit() else k.strip("'\"") for k in re.findall(r"\[([^\]]+)\]", m.group(2)))
+        if m.group(1) in ("args", "kwargs"):
+            return cls(m.group(1), keys) if keys else None
+        return cls("local", (m.group(1), *keys))
+
+    def argument(self, signature: list[str]) -> str | None:
+        """The model argument's name."""
+        first = self.keys[0]
+        if self.root == "args":
+            return signature[first] if first < len(signature) else None
+        return first
+
+    def fetch(self, sig: inspect.Signature, args: tuple, kwargs: dict) -> Any:
+        if self.root == "args":
+            value, rest = args[self.keys[0]], self.keys[1:]
+        elif self.root == "kwargs":
+            value, rest = kwargs[self.keys[0]], self.keys[1:]
+        else:
+            value, rest = sig.bind_partial(*args, **kwargs).arguments[self.keys[0]], self.keys[1:]
+        for k in rest:
+            value = value[k]
+        return value
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class GraphRecord:
-    """What the backend did with one Dynamo graph (for `explain`)."""
+class GraphInfo:
+    """What the backend did with one Dynamo graph (for `explain`, `summary` and the tests)."""
 
-    runs: list[BlockRun]
-    plan: RegionPlan | None
-    code: str
-    branch_code: dict[str, str]
-    state: RegionState | None
+    record: PipelineRecord
     num_nodes: int
-    gm: GraphModule | None = None  # the rewritten graph, before inductor
+    example_shapes: dict[str, tuple]
+    code: str = ""
+    runner: GraphRunner | None = None
 
 
 @dataclass
 class CacheHandle:
-    """Per compiled module: config, the graphs seen, and the state used by the latest call."""
+    """Per compiled module: run specs, state store, graphs seen, and the current call."""
 
-    config: CacheConfig | None
-    hidden_input: str | None
+    specs: RunSpecs
+    signature: inspect.Signature
+    store: Any  # runtime.store.StateStore
     on_no_blocks: str = "raise"
-    inductor_options: dict = field(default_factory=dict)  # from torch.compile's mode= / options=
-    graphs: list[GraphRecord] = field(default_factory=list)
-    active: RegionState | None = None
+    inductor_options: dict = field(default_factory=dict)
+    dynamic: bool | None = False
+    graphs: list[GraphInfo] = field(default_factory=list)
+    timestep: InputPath | None = None
+    input_names: tuple[str, ...] = ()
+    pending: bool = False  # a call began and is not classified yet
+    ran: bool = False  # a compiled graph ran during the current call
+    call_args: tuple = ((), {})
+    warned_shapes: bool = False  # "a new shape compiles another graph", said once
+    warned_eager: bool = False  # "a call ran without the compiled graphs", said once
+    checked: bool = False  # the first call's "found something to cache" check is done
 
     @property
-    def states(self) -> list[RegionState]:
-        return [g.state for g in self.graphs if g.state is not None]
+    def regions(self) -> list[RegionRecord]:
+        return [r for g in self.graphs for r in g.record.regions]
+
+    def begin_call(self, args: tuple, kwargs: dict) -> None:
+        self.pending, self.ran, self.call_args = True, False, (args, kwargs)
+
+    def classify(self, device: torch.device | None) -> None:
+        """Advance the step context for the current call (once per call, by the first graph that runs)."""
+        self.ran = True
+        if not self.pending or device is None:
+            return
+        if self.timestep is None:
+            raise CachePlanError(
+                "dit_cache_fx could not find the model's timestep input (the input that feeds its timestep "
+                f"embedding) among the inputs {list(self.input_names)}; pass CacheConfig(timestep_arg=<name>)")
+        t = self.timestep.fetch(self.signature, *self.call_args)
+        if not isinstance(t, torch.Tensor):
+            t = torch.tensor(float(t))
+        step.classify(self.store.context(device), t)
+        self.pending = False
+
+
+class GraphRunner:
+    """The callable the backend returns for a graph: appends the state tensors and runs it without grad."""
+
+    def __init__(self, handle: CacheHandle, compiled: Callable, regions: list[RegionRecord],
+                 symbols: dict, device: torch.device | None) -> None:
+        self.handle, self.compiled, self.regions, self.device = handle, compiled, regions, device
+        self.shape_of = [_dims_evaluator(r.dims, symbols) for r in regions]
+        self._extra: dict[tuple, list[torch.Tensor]] = {}
+        self._epoch = -1
+
+    def __call__(self, *args):
+        h = self.handle
+        h.classify(self.device)
+        if not self.regions:
+            with torch.no_grad():
+                return self.compiled(*args)
+        keys = tuple(ev(args)[0] for ev in self.shape_of)
+        if self._epoch != h.store.epoch:
+            self._extra.clear()
+            self._epoch = h.store.epoch
+        extra = self._extra.get(keys)
+        if extra is None:
+            extra = self._extra[keys] = self._tensors(args)
+        with torch.no_grad():
+            return self.compiled(*args, *extra)
+
+    def _tensors(self, args) -> list[torch.Tensor]:
+        store = self.handle.store
+        out = store.context(self.device).tensors()
+        for r, ev in zip(self.regions, self.shape_of):
+            _, dims = ev(args)
+            out += store.policy(r.plan.name, r.plan.config, self.device).tensors()
+            out += store.state(r.plan.name, dims, self.device).tensors()
+        return out
+
+
+def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[tuple, RegionDims]]:
+    """`args -> (key, concrete dims)`: the region's stream shapes at this call's sizes (the key is cheap to
+    build per call; equal keys mean equal dims)."""
+    exprs = [_compat.sym_expr(s) for shape in (dims.hidden, *dims.streams) for s in shape]
+    free = sorted({s for e in exprs if e is not None for s in e.free_symbols}, key=str)
+    if not free:
+        concrete = RegionDims(tuple(map(int, dims.hidden)), dims.hidden_dtype,
+                              tuple(tuple(map(int, s)) for s in dims.streams), dims.stream_dtypes, dims.orders)
+        return lambda args: (concrete, concrete)
+    missing = [s for s in free if s not in symbols]
+    if missing:
+        raise CachePlanError(f"cannot size the cache state: sizes {missing} are not graph inputs")
+    getters = [symbols[s] for s in free]
+    cache: dict[tuple, RegionDims] = {}
+
+    def evaluate(args: tuple) -> tuple[tuple, RegionDims]:
+        key = tuple(g(args) for g in getters)
+        hit = cache.get(key)
+        if hit is None:
+            env = dict(zip(free, key))
+            size = lambda s: _compat.eval_size(s, env)  # noqa: E731
+            hit = cache[key] = RegionDims(tuple(map(size, dims.hidden)), dims.hidden_dtype,
+                                          tuple(tuple(map(size, s)) for s in dims.streams), dims.stream_dtypes,
+                                          dims.orders)
+        return key, hit  # the runner's key: the symbol values; the store's: the dims
+
+    return evaluate
+
+
+def _symbols(inputs: list[Node]) -> dict:
+    """sympy symbol → `args -> int`, from the graph's SymInt inputs and the sizes of its tensor inputs."""
+    out: dict = {}
+    for i, p in enumerate(inputs):
+        v = value_of(p)
+        e = _compat.sym_expr(v) if isinstance(v, torch.SymInt) else None
+        if e is not None and e.is_Symbol:
+            out.setdefault(e, lambda args, i=i: int(args[i]))
+    for i, p in enumerate(inputs):
+        v = value_of(p)
+        if isinstance(v, torch.Tensor):
+            for d, s in enumerate(v.shape):
+                e = _compat.sym_expr(s)
+                if e is not None and e.is_Symbol:
+                    out.setdefault(e, lambda args, i=i, d=d: args[i].shape[d])
+    return out
 
 
 class CacheBackend:
@@ -63,75 +220,57 @@ class CacheBackend:
         self.handle = handle
 
     def __repr__(self) -> str:
-        return f"dit_cache_fx(cache={self.handle.config})"
+        return f"dit_cache_fx(cache={self.handle.specs})"
 
-    def __call__(self, gm: GraphModule, example_inputs: list) -> callable:
-        cfg = self.handle.config
-        if cfg is None:
-            with torch.no_grad():
-                compiled = _compat.compile_fx(gm, example_inputs, self.handle.inductor_options)
-            self.handle.graphs.append(GraphRecord([], None, gm.code, {}, None, len(gm.graph.nodes)))
-            return _no_grad(compiled)
+    def __call__(self, gm: GraphModule, example_inputs: list) -> Callable:
+        h = self.handle
         gm = _compat.copy_dynamo_graph(gm)
-        gm.meta["dit_cache_fx_hidden_input"] = self.handle.hidden_input
-        runs = find_runs(gm)
-        if not runs:
-            record = GraphRecord([], None, gm.code, {}, None, len(gm.graph.nodes))
-            self.handle.graphs.append(record)
-            with torch.no_grad():
-                return _no_grad(_compat.compile_fx(gm, example_inputs, self.handle.inductor_options))
-        run = main_run(runs)
-        plan = plan_region(gm, run, cfg.Fn_compute_blocks, cfg.Bn_compute_blocks, cfg.timestep_arg)
-        hidden = _static_sig(plan.fn_out)
-        streams = [_static_sig(s) for s in plan.stream_in]
-        device = plan.fn_out.meta["example_value"].device
-        orders = [cfg.taylorseer_order if name == "hidden" or cfg.taylorseer_encoder else 0
-                  for name in plan.stream_names]
-        state = RegionState.allocate(cfg, hidden, streams, orders, device)
-        state.description = run.describe()
-        rewrite_cache_region(gm, plan, orders)
-        branch_code = {name: getattr(gm, name).code for name in ("dit_cache_compute", "dit_cache_cached")}
-        self.handle.graphs.append(GraphRecord(runs, plan, gm.code, branch_code, state, len(gm.graph.nodes), gm))
-        log.info("dit_cache_fx: caching %s as F%dM%dB%d", run.describe(), plan.Fn, plan.Mn, plan.Bn)
-        with torch.no_grad(), _compat.compile_caches_for(_IN_GRAPH_FUNCTIONS, _source_version()):
-            compiled = _compat.compile_fx(gm, [*example_inputs, *state.tensors], self.handle.inductor_options)
-        handle, extra = self.handle, state.tensors
+        inputs = placeholders(gm)
+        paths = {p: InputPath.of(p) for p in inputs}
+        names = list(h.signature.parameters)
+        arg_of = lambda p: paths[p].argument(names) if paths[p] is not None else None  # noqa: E731
+        shapes = {p.name: tuple(value_of(p).shape) for p in inputs if isinstance(value_of(p), torch.Tensor)
+                  and paths[p] is not None}
+        self._note_graph(shapes)
+        record = PipelineRecord(gm.code)
+        if h.specs.enabled:
+            self._find_timestep(gm, arg_of, names)
+            hidden_inputs = [p for p in inputs if names and arg_of(p) == names[0]]
+            record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]))
+        info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code)
+        h.graphs.append(info)
+        mode = _compat.backend_fake_mode(example_inputs)
+        with mode:  # the state inputs' example values, in the fake mode inductor traces with
+            fakes = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in
+                     (value_of(n) for n in placeholders(gm)[len(inputs):])]
+        device = value_of(record.regions[0].plan.fn_out).device if record.regions else None
+        if record.regions:
+            log.info("dit_cache_fx: %s", "; ".join(f"{r.plan.name}: {r.plan.split_text()}" for r in record.regions))
+        with torch.no_grad(), _compat.compile_caches_for(registry.IN_GRAPH, registry.source_version()):
+            compiled = _compat.compile_fx(gm, [*example_inputs, *fakes], h.inductor_options)
+        if device is None and h.store.ctx is not None:
+            device = h.store.ctx.call.device
+        info.runner = GraphRunner(h, compiled, record.regions, _symbols(inputs), device)
+        return info.runner
 
-        def run_cached(*args):
-            handle.active = state
-            with torch.no_grad():
-                return compiled(*args, *extra)
+    def _find_timestep(self, gm: GraphModule, arg_of, names: list[str]) -> None:
+        h = self.handle
+        override = h.specs.step_config.timestep_arg
+        node = find_timestep(gm, arg_of, names, override)
+        h.input_names = tuple(dict.fromkeys([*h.input_names, *(n for p in placeholders(gm) if (n := arg_of(p)))]))
+        if node is not None and h.timestep is None:
+            h.timestep = InputPath.of(node)
+            log.info("dit_cache_fx: the timestep is the input %r", arg_of(node))
 
-        return run_cached
-
-
-_IN_GRAPH_FUNCTIONS = [runtime.decide, runtime.pick, runtime.store, cache_region._taylor_update,
-                       cache_region._taylor_forecast]
-
-
-@functools.cache
-def _source_version() -> str:
-    """Hash of the files whose code ends up in compiled graphs: the compile caches' key for them."""
-    here = Path(__file__).parent
-    files = [Path(runtime.__file__), Path(cache_region.__file__), *sorted((here / "kernels").glob("*.py"))]
-    h = hashlib.sha256(torch.__version__.encode())
-    for f in files:
-        h.update(f.read_bytes())
-    return "dit_cache_fx-" + h.hexdigest()[:16]
-
-
-def _no_grad(fn):
-    def run(*args):
-        with torch.no_grad():
-            return fn(*args)
-
-    return run
-
-
-def _static_sig(node) -> tuple:
-    shape, dtype = _sig(node)
-    if not all(isinstance(s, int) for s in shape):
-        raise ValueError(
-            "dit_cache_fx needs static shapes for the cached streams (got symbolic sizes "
-            f"{shape}); compile with dynamic=False (the default used by dit_cache_fx.compile)")
-    return shape, dtype
+    def _note_graph(self, shapes: dict[str, tuple]) -> None:
+        h = self.handle
+        if not h.graphs or h.dynamic or h.warned_shapes:
+            return
+        before = h.graphs[-1].example_shapes
+        if shapes.keys() == before.keys() and shapes != before:
+            h.warned_shapes = True
+            changed = {k: (before[k], v) for k, v in shapes.items() if before[k] != v}
+            warnings.warn(
+                f"dit_cache_fx: compiling another graph for new input shapes {changed}: with static shapes every new "
+                "resolution, batch size or text length compiles again; compile with dynamic=True to serve them "
+                "all with one graph", stacklevel=2)

@@ -1,34 +1,99 @@
 """`CacheConfig`: DBCache (+ TaylorSeer) settings, and the spec-string grammar.
 
-Grammar (tokens joined by `_`, any order, each at most once, all optional):
+Every field declares its own token, whether it shapes the compiled graph ("structural") and how its
+value is read and printed; `parse`, `__str__`, `structural_fields()` and the runtime policy are derived
+from that one declaration, and so is the documentation table `grammar_table()`.
 
-    F<int>   Fn: first blocks always computed; their residual drives the decision   (default 8)
-    B<int>   Bn: last blocks always computed                                        (default 0)
-    W<int>   warmup: steps range(0, W, I) are always computed                       (default 8)
-    I<int>   warmup interval                                                        (default 1)
-    M<int>   max cached steps per branch; 0 or -1 = unlimited                       (default unlimited)
-    MC<int>  max consecutive cached steps; 0 or -1 = unlimited                      (default unlimited)
-    R<float> residual diff threshold; cache when rel-L1 diff < R; R <= 0 never caches (default 0.08)
-    T<int>   TaylorSeer order for the cached residual; 0 = off                       (default 0)
-    ET<0|1>  TaylorSeer on the encoder stream too                                    (default 1)
-    CFG<0|1> force separate-CFG off/on (default: detected from the timesteps)
-    SCM<01…> steps computation mask: 1 = always compute that step, 0 = may cache     (default none)
-    SCM<slow|medium|fast|ultra> with N28: cache-dit's preset masks for 28 steps
-    static|dynamic  what a mask 0 means: cache unconditionally, or the usual decision (default dynamic)
+Tokens are joined by `_`, any order, each at most once, all optional; letters may be glued (`F8B0`,
+`W8I1M0MC3`). cache-dit's printed names parse too: a leading `DBCache`, `T<0|1>O<order>` (TaylorSeer
+on/off and order), and suffixes `_S<n>` (stats) and `_N<n>` (steps; needed by the SCM presets); there
+`M0`/`MC0` mean unlimited, as here.
 
-Letters may be glued (`F8B0`, `W8I1M0MC3`). cache-dit's printed names parse too: a leading `DBCache`,
-`T<0|1>O<order>` (TaylorSeer on/off and order), and suffixes `_S<n>` (stats), `_N<n>`; there `M0`/`MC0`
-mean unlimited, as here.
+A model with several block runs takes one config for every run, or a mapping from block-list name to a
+config (`{"transformer_blocks": "F1B0_R0.08", "single_transformer_blocks": None}`); see `RunSpecs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-_TOKEN = re.compile(r"(MC|CFG|ET|[FBWIMRTOSN])(-?\d+(?:\.\d*)?(?:e-?\d+)?)")
-_IGNORED_PREFIXES = ("DBCache", "DBCACHE", "DB")
+MAX_MASK_STEPS = 1024
+
+# cache-dit's preset masks for 28 steps: alternating runs of computed / cached steps (last step computed)
+PRESET_BINS = {
+    "slow": ([8, 3, 3, 2, 1, 1], [1, 2, 2, 2, 3]),
+    "medium": ([6, 2, 2, 2, 2, 1], [1, 3, 3, 3, 3]),
+    "fast": ([6, 1, 1, 1, 1, 1], [1, 3, 4, 5, 4]),
+    "ultra": ([4, 1, 1, 1, 1], [2, 5, 6, 7]),
+}
+
+
+def steps_mask(compute_bins: list[int], cache_bins: list[int], total_steps: int | None = None) -> tuple[int, ...]:
+    """`[1]*compute_bins[0] + [0]*cache_bins[0] + [1]*compute_bins[1] + …`, cut to `total_steps`."""
+    mask: list[int] = []
+    for k, c in enumerate(compute_bins):
+        mask += [1] * c
+        if k < len(cache_bins):
+            mask += [0] * cache_bins[k]
+    return tuple(mask[:total_steps] if total_steps else mask)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# token kinds: how a token's text becomes a field value and back
+
+
+@dataclass(frozen=True)
+class Kind:
+    pattern: str  # regex of the token's value text
+    read: Any  # (text, tokens) -> value
+    show: Any  # value -> text
+
+
+def _int(text: str, _: dict) -> int:
+    return int(text)
+
+
+def _cap(text: str, _: dict) -> int:
+    n = int(text)
+    return -1 if n <= 0 else n  # cache-dit prints unlimited as 0
+
+
+def _flag(text: str, _: dict) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError("takes 0 or 1")
+    return text == "1"
+
+
+def _mask(text: str, tokens: dict) -> tuple[int, ...]:
+    if text in PRESET_BINS:
+        if tokens.get("N") != "28":
+            raise ValueError(f"preset {text!r} is defined for 28 steps: add N28, or give the mask digits "
+                             "(SCM1111110110…)")
+        return steps_mask(*PRESET_BINS[text], 28)
+    if not text or set(text) - {"0", "1"}:
+        raise ValueError(f"SCM takes 0/1 digits or one of {sorted(PRESET_BINS)}")
+    return tuple(int(c) for c in text)
+
+
+_NUM = r"-?\d+"
+INT = Kind(_NUM, _int, str)
+CAP = Kind(_NUM, _cap, lambda v: str(max(0, v)))
+FLOAT = Kind(r"-?\d+(?:\.\d*)?(?:e-?\d+)?", lambda t, _: float(t), lambda v: f"{v:g}")
+FLAG = Kind(r"\d+", _flag, lambda v: str(int(v)))
+MASK = Kind(r"\w+", _mask, lambda v: "".join(map(str, v)))
+
+
+def _spec(default, token: str | None, kind: Kind | None = None, *, structural: bool = False,
+          step_context: bool = False, shown: str = "always"):
+    """A config field. `structural`: changing it changes the compiled graph. `step_context`: it belongs to the
+    per-module step context (one value for every region). `shown`: "always" or "changed" (printed by `str()`
+    only when it differs from the default)."""
+    return field(default=default, metadata=dict(token=token, kind=kind, structural=structural,
+                                                step_context=step_context, shown=shown))
 
 
 @dataclass(frozen=True)
@@ -36,39 +101,42 @@ class CacheConfig:
     """DBCache settings. Each field trades speed against fidelity to the uncached model.
 
     Attributes:
-        Fn_compute_blocks: first blocks of a run always computed. More blocks → a more reliable
+        Fn_compute_blocks: `F`. First blocks of a run always computed. More blocks → a more reliable
             similarity signal and closer outputs, but less compute skipped on cached steps.
-        Bn_compute_blocks: last blocks always computed; they refine the approximated state.
-        residual_diff_threshold: cache a step when the relative L1 change of the Fn residual since the
-            last computed step is below this. Higher → more cached steps, lower quality. <= 0 never caches.
-        max_warmup_steps, warmup_interval: steps `range(0, W, I)` are always computed.
-        max_cached_steps: cap on cached steps per generation and CFG branch (-1 = unlimited).
-        max_continuous_cached_steps: at most this many consecutive cached steps, then one computed
+        Bn_compute_blocks: `B`. Last blocks always computed; they refine the approximated state.
+        residual_diff_threshold: `R`. Cache a step when the relative L1 change of the Fn residual since the
+            last computed step is below this. Higher → more cached steps, lower quality. <= 0 never caches,
+            >= 1 always caches (after warmup).
+        max_warmup_steps, warmup_interval: `W`, `I`. Steps `range(0, W, I)` are always computed.
+        max_cached_steps: `M`. Cap on cached steps per generation and CFG branch (-1 = unlimited).
+        max_continuous_cached_steps: `MC`. At most this many consecutive cached steps, then one computed
             step (-1 = unlimited).
-        taylorseer_order: forecast the cached residual with a Taylor series of this order (0 = off):
+        taylorseer_order: `T`. Forecast the cached residual with a Taylor series of this order (0 = off):
             better approximations on smoothly changing residuals, k+1 residual-sized buffers per stream.
-        taylorseer_encoder: also forecast the encoder stream's residual (else it is reused as is).
-        enable_separate_cfg: None = detect (same timestep seen twice in a step), True/False = force.
-        steps_computation_mask: per-step 1 (always compute) / 0 (cache allowed); steps past its end are
-            decided as usual. Warmup is cut to the mask's leading run of 1s.
-        steps_computation_policy: "dynamic" (a 0 step still needs the diff test, M and MC) or "static"
-            (a 0 step is cached unconditionally: a fixed schedule, no diff computed).
-        timestep_arg: name of the model input that carries the timestep (None = `timestep`/`timesteps`).
+        taylorseer_encoder: `ET`. Also forecast the encoder stream's residual (else it is reused as is).
+        enable_separate_cfg: `CFG`. None = detect (the same timestep seen twice at the start of a
+            generation), True/False = force. One value for the whole model.
+        steps_computation_mask: `SCM`. Per-step 1 (always compute) / 0 (cache allowed); steps past its end
+            are decided as usual. Warmup is cut to the mask's leading run of 1s.
+        steps_computation_policy: `static`/`dynamic`. "dynamic": a 0 step still needs the diff test, M and
+            MC; "static": a 0 step is cached unconditionally (a fixed schedule, no diff computed).
+        timestep_arg: the model input that carries the timestep (None = found from the graph: the input
+            that feeds the timestep embedding). One value for the whole model.
     """
 
-    Fn_compute_blocks: int = 8
-    Bn_compute_blocks: int = 0
-    residual_diff_threshold: float = 0.08
-    max_warmup_steps: int = 8
-    warmup_interval: int = 1
-    max_cached_steps: int = -1
-    max_continuous_cached_steps: int = -1
-    taylorseer_order: int = 0
-    taylorseer_encoder: bool = True
-    enable_separate_cfg: bool | None = None
-    steps_computation_mask: tuple[int, ...] | None = None
-    steps_computation_policy: str = "dynamic"
-    timestep_arg: str | None = None
+    Fn_compute_blocks: int = _spec(8, "F", INT, structural=True)
+    Bn_compute_blocks: int = _spec(0, "B", INT, structural=True)
+    max_warmup_steps: int = _spec(8, "W", INT)
+    warmup_interval: int = _spec(1, "I", INT)
+    max_cached_steps: int = _spec(-1, "M", CAP)
+    max_continuous_cached_steps: int = _spec(-1, "MC", CAP)
+    residual_diff_threshold: float = _spec(0.08, "R", FLOAT)
+    taylorseer_order: int = _spec(0, "T", INT, structural=True, shown="changed")
+    taylorseer_encoder: bool = _spec(True, "ET", FLAG, structural=True, shown="changed")
+    enable_separate_cfg: bool | None = _spec(None, "CFG", FLAG, step_context=True, shown="changed")
+    steps_computation_mask: tuple[int, ...] | None = _spec(None, "SCM", MASK, shown="changed")
+    steps_computation_policy: str = _spec("dynamic", None)  # bare words `static` / `dynamic`
+    timestep_arg: str | None = _spec(None, None, structural=True, step_context=True)
 
     def __post_init__(self) -> None:
         _check(self.Fn_compute_blocks >= 1, "Fn_compute_blocks", self.Fn_compute_blocks, ">= 1")
@@ -96,126 +164,124 @@ class CacheConfig:
         lead = next((i for i, m in enumerate(mask) if m == 0), len(mask))
         return min(self.max_warmup_steps, lead)
 
+    def taylor_order_for(self, stream: str) -> int:
+        """TaylorSeer order of a cached stream ("hidden" or "encoder")."""
+        return self.taylorseer_order if stream == "hidden" or self.taylorseer_encoder else 0
+
+    @classmethod
+    def structural_fields(cls) -> tuple[str, ...]:
+        """Fields whose change needs a new compilation (they shape the rewritten graph)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["structural"])
+
+    @classmethod
+    def step_context_fields(cls) -> tuple[str, ...]:
+        """Fields of the per-module step context: one value for every region of a model."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata["step_context"])
+
     @classmethod
     def parse(cls, spec: str) -> CacheConfig:
         """Parse a spec string such as `"F8B0_W8I1M0MC3_R0.08_T1"` (see the module docstring)."""
+        return cls(**cls._fields_of(spec))
+
+    @classmethod
+    def _fields_of(cls, spec: str) -> dict[str, Any]:
+        """The fields a spec string sets (others keep their defaults)."""
         if not isinstance(spec, str) or not spec.strip():
             raise ValueError(f"cache spec must be a non-empty string, got {spec!r}")
-        values: dict[str, str] = {}
-        for part in spec.strip().split("_"):
-            for prefix in _IGNORED_PREFIXES:
-                if part.startswith(prefix) and (len(part) == len(prefix) or not part[len(prefix)].isdigit()):
-                    part = part[len(prefix):]
-                    break
-            if part.startswith("SCM") or part in ("static", "dynamic"):
-                key, val = ("SCM", part[3:]) if part.startswith("SCM") else ("policy", part)
-                if key in values:
-                    raise ValueError(f"cache spec {spec!r}: token {key!r} given twice")
-                values[key] = val
-                continue
-            pos = 0
-            for m in _TOKEN.finditer(part):
-                if m.start() != pos:
-                    break
-                key, val = m.groups()
-                if key in values:
-                    raise ValueError(f"cache spec {spec!r}: token {key!r} given twice")
-                values[key] = val
-                pos = m.end()
-            if pos != len(part):
-                raise ValueError(
-                    f"cache spec {spec!r}: cannot parse {part[pos:]!r} in {part!r}; expected tokens like "
-                    "F8 B0 W8 I1 M0 MC3 R0.08 T1 CFG1 joined by '_' (see dit_cache_fx.config)")
-        return cls(**_fields_from_tokens(spec, values))
+        tokens = _tokenize(spec)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            tok, kind = f.metadata["token"], f.metadata["kind"]
+            if tok in tokens:
+                try:
+                    out[f.name] = kind.read(tokens[tok], tokens)
+                except ValueError as e:
+                    raise ValueError(f"cache spec {spec!r}: {tok} {e} (got {tok}{tokens[tok]})") from None
+        if "O" in tokens:  # cache-dit's T<on>O<order>
+            out["taylorseer_order"] = int(tokens["O"]) if tokens.get("T", "1") != "0" else 0
+        if "policy" in tokens:
+            out["steps_computation_policy"] = tokens["policy"]
+        return out
 
     def __str__(self) -> str:
-        s = (f"F{self.Fn_compute_blocks}B{self.Bn_compute_blocks}_W{self.max_warmup_steps}I{self.warmup_interval}"
-             f"M{max(0, self.max_cached_steps)}MC{max(0, self.max_continuous_cached_steps)}"
-             f"_R{self.residual_diff_threshold:g}")
-        if self.taylorseer_order:
-            s += f"_T{self.taylorseer_order}" + ("" if self.taylorseer_encoder else "_ET0")
-        if self.enable_separate_cfg is not None:
-            s += f"_CFG{int(self.enable_separate_cfg)}"
+        parts, group = [], ""
+        for f in dataclasses.fields(self):
+            tok, kind, value = f.metadata["token"], f.metadata["kind"], getattr(self, f.name)
+            if tok is None or value is None:
+                continue
+            if f.metadata["shown"] == "changed" and value == f.default:
+                continue
+            if tok == "ET" and not self.taylorseer_order:
+                continue
+            text = f"{tok}{kind.show(value)}"
+            if tok in ("B", "I", "M", "MC"):  # glued to the previous token, as cache-dit prints them
+                group += text
+            else:
+                if group:
+                    parts.append(group)
+                group = text
+        parts.append(group)
         if self.steps_computation_mask:
-            s += "_SCM" + "".join(map(str, self.steps_computation_mask)) + "_" + self.steps_computation_policy
-        return s
+            parts.append(self.steps_computation_policy)
+        return "_".join(parts)
 
-    def replace(self, **changes) -> CacheConfig:
+    def replace(self, **changes: Any) -> CacheConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _check(ok: bool, field: str, value, expected: str) -> None:
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ValueError(f"CacheConfig.{field}={value!r} is invalid: expected {expected}")
+        raise ValueError(f"CacheConfig.{name}={value!r} is invalid: expected {expected}")
 
 
-def _int(spec: str, key: str, val: str) -> int:
-    try:
-        return int(val)
-    except ValueError:
-        raise ValueError(f"cache spec {spec!r}: {key}{val} needs an integer") from None
+_TOKENS = sorted({f.metadata["token"] for f in dataclasses.fields(CacheConfig) if f.metadata["token"]} | {"O", "S", "N"},
+                 key=len, reverse=True)
+_KINDS = {f.metadata["token"]: f.metadata["kind"] for f in dataclasses.fields(CacheConfig) if f.metadata["token"]}
+_TOKEN = re.compile("|".join(f"(?P<{t}>{t})(?P<{t}_v>{_KINDS[t].pattern if t in _KINDS else _NUM})"
+                             for t in _TOKENS))
+_IGNORED_PREFIXES = ("DBCache", "DBCACHE", "DB")
 
 
-def _fields_from_tokens(spec: str, v: dict[str, str]) -> dict:
-    out: dict = {}
-    names = {"F": "Fn_compute_blocks", "B": "Bn_compute_blocks", "W": "max_warmup_steps", "I": "warmup_interval"}
-    for key, name in names.items():
-        if key in v:
-            out[name] = _int(spec, key, v[key])
-    for key, name in (("M", "max_cached_steps"), ("MC", "max_continuous_cached_steps")):
-        if key in v:
-            n = _int(spec, key, v[key])
-            out[name] = -1 if n <= 0 else n  # cache-dit prints unlimited as 0
-    if "R" in v:
-        out["residual_diff_threshold"] = float(v["R"])
-    if "O" in v:  # cache-dit's T<on>O<order>
-        order = _int(spec, "O", v["O"])
-        out["taylorseer_order"] = order if _int(spec, "T", v.get("T", "1")) else 0
-    elif "T" in v:
-        out["taylorseer_order"] = _int(spec, "T", v["T"])
-    if "ET" in v:
-        out["taylorseer_encoder"] = bool(_int(spec, "ET", v["ET"]))
-    if "SCM" in v:
-        out["steps_computation_mask"] = _mask(spec, v["SCM"], v.get("N"))
-    if "policy" in v:
-        out["steps_computation_policy"] = v["policy"]
-    if "CFG" in v:
-        flag = _int(spec, "CFG", v["CFG"])
-        if flag not in (0, 1):
-            raise ValueError(f"cache spec {spec!r}: CFG takes 0 or 1, got {flag}")
-        out["enable_separate_cfg"] = bool(flag)
-    return out
+def _tokenize(spec: str) -> dict[str, str]:
+    """`"F8B0_W8_R0.1_static"` → `{"F": "8", "B": "0", "W": "8", "R": "0.1", "policy": "static"}`."""
+    values: dict[str, str] = {}
+
+    def put(key: str, val: str) -> None:
+        if key in values:
+            raise ValueError(f"cache spec {spec!r}: token {key!r} given twice")
+        values[key] = val
+
+    for part in spec.strip().split("_"):
+        for prefix in _IGNORED_PREFIXES:
+            if part.startswith(prefix) and (len(part) == len(prefix) or not part[len(prefix)].isdigit()):
+                part = part[len(prefix):]
+                break
+        if part in ("static", "dynamic"):
+            put("policy", part)
+            continue
+        pos = 0
+        while pos < len(part):
+            m = _TOKEN.match(part, pos)
+            if m is None:
+                break
+            key = next(t for t in _TOKENS if m.group(t) is not None)
+            put(key, m.group(f"{key}_v"))
+            pos = m.end()
+        if pos != len(part):
+            raise ValueError(
+                f"cache spec {spec!r}: cannot parse {part[pos:]!r} in {part!r}; expected tokens like "
+                "F8 B0 W8 I1 M0 MC3 R0.08 T1 CFG1 joined by '_' (see dit_cache_fx.config.GRAMMAR)")
+    return values
 
 
-# cache-dit's preset masks for 28 steps: alternating runs of computed / cached steps (last step computed)
-PRESET_BINS = {
-    "slow": ([8, 3, 3, 2, 1, 1], [1, 2, 2, 2, 3]),
-    "medium": ([6, 2, 2, 2, 2, 1], [1, 3, 3, 3, 3]),
-    "fast": ([6, 1, 1, 1, 1, 1], [1, 3, 4, 5, 4]),
-    "ultra": ([4, 1, 1, 1, 1], [2, 5, 6, 7]),
-}
-MAX_MASK_STEPS = 1024
-
-
-def steps_mask(compute_bins: list[int], cache_bins: list[int], total_steps: int | None = None) -> tuple[int, ...]:
-    """`[1]*compute_bins[0] + [0]*cache_bins[0] + [1]*compute_bins[1] + …`, cut to `total_steps`."""
-    mask: list[int] = []
-    for k, c in enumerate(compute_bins):
-        mask += [1] * c
-        if k < len(cache_bins):
-            mask += [0] * cache_bins[k]
-    return tuple(mask[:total_steps] if total_steps else mask)
-
-
-def _mask(spec: str, val: str, steps: str | None) -> tuple[int, ...]:
-    if val in PRESET_BINS:
-        if steps != "28":
-            raise ValueError(f"cache spec {spec!r}: preset mask SCM{val} is defined for 28 steps: add N28, or give "
-                             "the mask digits (SCM1111110110…)")
-        return steps_mask(*PRESET_BINS[val], 28)
-    if not val or set(val) - {"0", "1"}:
-        raise ValueError(f"cache spec {spec!r}: SCM takes 0/1 digits or one of {sorted(PRESET_BINS)}, got {val!r}")
-    return tuple(int(c) for c in val)
+def grammar_table() -> str:
+    """The spec grammar as a markdown table, generated from the field declarations."""
+    rows = ["| token | field | default | changes the graph |", "|---|---|---|---|"]
+    for f in dataclasses.fields(CacheConfig):
+        tok = f.metadata["token"]
+        tok = "`static`/`dynamic`" if f.name == "steps_computation_policy" else (f"`{tok}`" if tok else "-")
+        rows.append(f"| {tok} | `{f.name}` | {f.default!r} | {'yes' if f.metadata['structural'] else 'no'} |")
+    return "\n".join(rows)
 
 
 def as_config(cache: str | CacheConfig) -> CacheConfig:
@@ -224,3 +290,74 @@ def as_config(cache: str | CacheConfig) -> CacheConfig:
     if isinstance(cache, str):
         return CacheConfig.parse(cache)
     raise TypeError(f"cache must be a spec string, a CacheConfig or None, got {type(cache).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one config per block run
+
+CacheArg = str | CacheConfig | Mapping[str, str | CacheConfig | None] | None
+
+
+@dataclass(frozen=True)
+class RunSpecs:
+    """Which config each block run of a model gets.
+
+    `default` applies to every run (a chained run such as Flux's double + single blocks stays one run).
+    With `per_list`, keys are block-list names (`"single_transformer_blocks"`) or chains of them joined by
+    `+` (`"transformer_blocks+single_transformer_blocks"`); a run spanning several lists is then cut at the
+    list boundaries unless its whole chain is a key; lists not named are not cached (`"*"` names the
+    default).
+    """
+
+    default: CacheConfig | None
+    per_list: tuple[tuple[str, CacheConfig | None], ...] = ()
+
+    @classmethod
+    def of(cls, cache: CacheArg) -> RunSpecs:
+        if cache is None:
+            return cls(None)
+        if isinstance(cache, Mapping):
+            items = {str(k): (None if v is None else as_config(v)) for k, v in cache.items()}
+            default = items.pop("*", None)
+            specs = cls(default, tuple(items.items()))
+        else:
+            specs = cls(as_config(cache))
+        configs = [c for c in specs.configs if c is not None]
+        for name in CacheConfig.step_context_fields():
+            values = {getattr(c, name) for c in configs}
+            if len(values) > 1:
+                raise ValueError(f"CacheConfig.{name} is one setting for the whole model (the step context), but "
+                                 f"the per-run specs give {sorted(map(repr, values))}")
+        return specs
+
+    @property
+    def configs(self) -> list[CacheConfig | None]:
+        return [self.default] + [c for _, c in self.per_list]
+
+    @property
+    def enabled(self) -> bool:
+        return any(c is not None for c in self.configs)
+
+    @property
+    def step_config(self) -> CacheConfig:
+        """A config carrying the step-context fields (the same in every run's config)."""
+        return next((c for c in self.configs if c is not None), CacheConfig())
+
+    def assign(self, lists: list[str]) -> list[tuple[list[str], CacheConfig | None]]:
+        """Split a run over the block lists `lists` (in call order) into (lists, config) parts."""
+        if not self.per_list:
+            return [(lists, self.default)]
+        table = dict(self.per_list)
+        chain = "+".join(lists)
+        if chain in table:
+            return [(lists, table[chain])]
+        return [([name], table.get(name, self.default)) for name in lists]
+
+    def names(self) -> set[str]:
+        return {n for key, _ in self.per_list for n in key.split("+")}
+
+    def __str__(self) -> str:
+        if not self.per_list:
+            return str(self.default)
+        items = [f"{k}: {v}" for k, v in self.per_list] + ([f"*: {self.default}"] if self.default else [])
+        return "{" + ", ".join(items) + "}"

@@ -1,15 +1,17 @@
 """The eager reference: DBCache (+ TaylorSeer) written plainly, the oracle every test compares with.
 
-It knows nothing of graphs. Like cache-dit, it is told which block lists form the run and their
-forward pattern, wraps each block's forward, and decides in Python after the Fn blocks:
+It knows nothing of graphs. Like cache-dit, it is told which block lists form each region and their
+forward pattern, wraps each block's forward, and decides in Python after each region's Fn blocks:
 
-    H_entry ─ Fn blocks ─ H_fn ── decide(|R_fn − anchor| / |anchor| < R, warmup, M, MC) ──┐
-                                   computed: Mn blocks, store R = H_m − H_fn (Taylor update) │
-                                   cached:   H_m ≈ H_fn + R (or its Taylor forecast)         │
-                                 ─ Bn blocks ─ output ◄──────────────────────────────────────┘
+    H_entry ─ Fn blocks ─ H_fn ── should_cache(|R_fn − anchor| / |anchor| < R, warmup, M, MC) ──┐
+                                   computed: Mn blocks, store R = H_m − H_fn (Taylor update)      │
+                                   cached:   H_m ≈ H_fn + R (or its Taylor forecast)              │
+                                 ─ Bn blocks ─ output ◄───────────────────────────────────────────┘
 
-Semantics are cache-dit's with the fixes listed in the README (MC counts consecutive cached steps,
-no sentinel diffs, a new generation is detected from the timestep).
+Its functions are the twins of the in-graph ones: `classify_call` (runtime.step), `should_cache` and
+`update_counters` (runtime.policy), `taylor_update` / `taylor_forecast` (kernels). Several regions share
+one step context; a later region's Fn input is the earlier region's (possibly approximated) output.
+Semantics are cache-dit's with the fixes listed in the README.
 """
 
 from __future__ import annotations
@@ -25,81 +27,87 @@ from .config import CacheConfig
 
 
 @dataclass
-class BranchState:
+class StepState:
+    """Twin of `runtime.layout.StepContext`."""
+
+    call: int = 0
+    gen: int = 0
+    calls: int = 0
+    step: int = 0
+    branch: int = 0
+    cfg_seen: bool = False
+    last_t: float = math.nan
+    last_cond_t: float = math.nan
+    direction: float = 0.0
+    reset: bool = False
+
+
+def classify_call(ctx: StepState, t: float, cfg_mode: bool | None) -> bool:
+    """Advance `ctx` for a call at timestep `t`; returns whether it starts a new generation."""
+    has_last = ctx.call > 0
+    repeat = has_last and t == ctx.last_t
+    cfg_on = cfg_mode is True or (cfg_mode is None and ctx.cfg_seen)
+    expect_uncond = cfg_on and has_last and ctx.branch == 0
+    detect = cfg_mode is None and not ctx.cfg_seen and repeat and ctx.calls == 1
+    uncond = expect_uncond if cfg_mode is True else (expect_uncond and repeat) or detect
+    moved = 0.0 if math.isnan(ctx.last_cond_t) else float((t > ctx.last_cond_t) - (t < ctx.last_cond_t))
+    against = ctx.direction != 0 and moved == -ctx.direction
+    new_gen = ctx.reset or not has_last or (not uncond and against)
+    if new_gen:
+        ctx.direction, ctx.step, ctx.calls, ctx.cfg_seen = 0.0, 0, 1, False
+        ctx.gen += 1
+    else:
+        if not uncond and ctx.direction == 0 and moved != 0:
+            ctx.direction = moved
+        ctx.step += 0 if uncond else 1
+        ctx.calls += 1
+        ctx.cfg_seen = ctx.cfg_seen or detect
+    ctx.call += 1
+    ctx.branch = int(uncond)
+    if not uncond:
+        ctx.last_cond_t = t
+    ctx.last_t = t
+    ctx.reset = False
+    return new_gen
+
+
+@dataclass
+class Counters:
+    """Twin of `runtime.policy.Counters` (one branch of one region)."""
+
     n_cached: int = 0
     n_cont: int = 0
-    anchor: torch.Tensor | None = None  # Fn residual of the last computed step
+    has_anchor: bool = False
     last_computed: int = 0
-    factors: list[torch.Tensor | None] = field(default_factory=list)  # per stream: stacked Taylor factors
     n_valid: int = 0
-    cached_steps: list[int] = field(default_factory=list)
-    diffs: dict[int, float] = field(default_factory=dict)
 
 
-class Policy:
-    """Step counting, CFG branches, new generations and the cache decision (cache-dit order)."""
+def should_cache(c: CacheConfig, n: Counters, step: int, diff) -> tuple[bool, bool]:
+    """(use_cache, consulted); `diff()` is called only when consulted."""
+    in_warmup = step < c.effective_warmup and step % c.warmup_interval == 0
+    mask = c.steps_computation_mask or ()
+    must_compute = step < len(mask) and mask[step] == 1
+    static_cache = (not in_warmup and step < len(mask) and not must_compute
+                    and c.steps_computation_policy == "static" and n.has_anchor)
+    consulted = (not in_warmup and not must_compute and not static_cache and n.has_anchor
+                 and not (c.max_cached_steps >= 0 and n.n_cached >= c.max_cached_steps)
+                 and not (c.max_continuous_cached_steps >= 0 and n.n_cont >= c.max_continuous_cached_steps)
+                 and c.residual_diff_threshold > 0)
+    use_cache = static_cache or (consulted and (diff() < c.residual_diff_threshold or c.residual_diff_threshold >= 1))
+    return use_cache, consulted
 
-    def __init__(self, config: CacheConfig) -> None:
-        self.config = config
-        self.ncalls = 0
-        self.last_t = math.nan
-        self.last_t0 = math.nan
-        self.last_branch = 0
-        self.cfg_seen = False
-        self.step = -1
-        self.generation = 0
-        self.reset_requested = False
-        self.branches = [BranchState(), BranchState()]
 
-    def begin_call(self, t: float) -> tuple[int, int]:
-        """Returns (step, branch) of this call."""
-        mode = self.config.enable_separate_cfg
-        has_last = self.ncalls > 0
-        repeat = has_last and t == self.last_t
-        cfg_on = mode is True or (mode is None and self.cfg_seen)
-        expect_uncond = cfg_on and has_last and self.last_branch == 0
-        detect = mode is None and not self.cfg_seen and repeat and self.ncalls == 1
-        uncond = expect_uncond if mode is True else (expect_uncond and repeat) or detect
-        new_gen = self.reset_requested or not has_last or (not uncond and not t < self.last_t0)
-        if new_gen:
-            self.ncalls, self.step, self.cfg_seen, self.reset_requested = 0, 0, False, False
-            self.generation += 1
-            self.branches = [BranchState(), BranchState()]
-        elif not uncond:
-            self.step += 1
-        self.cfg_seen = self.cfg_seen or detect
-        self.ncalls += 1
-        self.last_branch = int(uncond)
-        self.last_t = t
-        if not uncond:
-            self.last_t0 = t
-        return self.step, int(uncond)
+def update_counters(n: Counters, use_cache: bool, step: int, order: int) -> Counters:
+    return Counters(n_cached=n.n_cached + use_cache, n_cont=(n.n_cont + 1) * use_cache,
+                    has_anchor=n.has_anchor or not use_cache,
+                    last_computed=n.last_computed if use_cache else step,
+                    n_valid=n.n_valid if use_cache else min(n.n_valid + 1, order + 1))
 
-    def decide(self, branch: int, fn_res: torch.Tensor) -> bool:
-        c, s, st = self.config, self.step, self.branches[branch]
-        in_warmup = s < c.effective_warmup and s % c.warmup_interval == 0
-        mask = c.steps_computation_mask or ()
-        must_compute = s < len(mask) and mask[s] == 1
-        static_cache = (s < len(mask) and mask[s] == 0 and c.steps_computation_policy == "static"
-                        and st.anchor is not None)
-        consulted = (not in_warmup and not must_compute and not static_cache and st.anchor is not None
-                     and not (c.max_cached_steps >= 0 and st.n_cached >= c.max_cached_steps)
-                     and not (c.max_continuous_cached_steps >= 0 and st.n_cont >= c.max_continuous_cached_steps)
-                     and c.residual_diff_threshold > 0)
-        cached = static_cache
-        if consulted:
-            prev = st.anchor.float()
-            diff = ((prev - fn_res.float()).abs().mean() / prev.abs().mean()).item()
-            st.diffs[s] = diff
-            cached = diff < c.residual_diff_threshold or c.residual_diff_threshold >= 1
-        if cached:
-            st.n_cached += 1
-            st.n_cont += 1
-            st.cached_steps.append(s)
-        else:
-            st.n_cont = 0
-            st.anchor = fn_res
-        return cached
+
+def rel_l1(prev: torch.Tensor, cur: torch.Tensor) -> float:
+    """mean|prev − cur| / mean|prev| in float64."""
+    p = prev.double()
+    return ((p - cur.double()).abs().sum() / p.abs().sum()).item()
 
 
 def taylor_update(factors: torch.Tensor, value: torch.Tensor, gap: float, n_valid: int) -> torch.Tensor:
@@ -119,31 +127,70 @@ def taylor_forecast(base: torch.Tensor, factors: torch.Tensor, k: float) -> torc
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BranchState:
+    counters: Counters = field(default_factory=Counters)
+    anchor: torch.Tensor | None = None  # Fn residual of the last computed step
+    factors: list[torch.Tensor | None] = field(default_factory=lambda: [None, None])  # hidden, encoder
+    cached_steps: list[int] = field(default_factory=list)
+    diffs: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Region:
+    """One region of the reference: its blocks (modules, in call order), pattern and config."""
+
+    config: CacheConfig
+    blocks: list[torch.nn.Module]
+    pattern: int  # cache-dit's ForwardPattern: 0 returns (h, e); 1 (e, h); 2, 3: h
+    branches: list[BranchState] = field(default_factory=lambda: [BranchState(), BranchState()])
+    cached: bool = False  # the current call serves Mn from the cache
+    entry: torch.Tensor | None = None
+    mn_in: tuple = (None, None)
+    before: Counters | None = None  # the current branch's counters before this call's decision
+
+    @property
+    def first_mn(self) -> int:
+        return self.config.Fn_compute_blocks
+
+    @property
+    def last_mn(self) -> int:
+        return len(self.blocks) - self.config.Bn_compute_blocks - 1
+
+
 class EagerDBCache:
     """Apply the reference cache to `model` in place (until `remove()`).
 
     Args:
-        blocks: attribute names of the block lists that form the run, in call order.
-        pattern: cache-dit's ForwardPattern of the blocks (0: returns (h, e); 1: (e, h); 2, 3: h).
+        regions: `(block-list names, config, pattern)` per region in call order; the lists of a region run
+            one after the other (Flux: `("transformer_blocks", "single_transformer_blocks")`).
+        timestep_arg: the forward argument carrying the timestep.
     """
 
-    def __init__(self, model: torch.nn.Module, config: CacheConfig, blocks: Sequence[str], pattern: int,
-                 timestep_arg: str = "timestep") -> None:
-        self.config, self.pattern = config, pattern
-        self.policy = Policy(config)
-        self.blocks = [b for name in blocks for b in getattr(model, name)]
-        N, Fn, Bn = len(self.blocks), config.Fn_compute_blocks, config.Bn_compute_blocks
-        if Fn + Bn >= N:
-            raise ValueError(f"Fn + Bn = {Fn + Bn} >= {N} blocks")
-        self.first_mn, self.last_mn = Fn, N - Bn - 1
+    def __init__(self, model: torch.nn.Module, regions: Sequence[tuple[Sequence[str], CacheConfig, int]],
+                 timestep_arg: str = "timestep", cfg_mode: bool | None = None) -> None:
+        self.regions = []
+        for names, config, pattern in regions:
+            blocks = [b for name in names for b in model.get_submodule(name)]
+            if config.Fn_compute_blocks + config.Bn_compute_blocks >= len(blocks):
+                raise ValueError(f"Fn + Bn >= {len(blocks)} blocks of {names}")
+            self.regions.append(Region(config, blocks, pattern))
+        self.ctx, self.cfg_mode, self.timestep_arg = StepState(), cfg_mode, timestep_arg
         self._handles = [model.register_forward_pre_hook(self._begin, with_kwargs=True)]
         self._originals = []
-        for i, block in enumerate(self.blocks):
-            self._originals.append((block, block.__dict__.get("forward")))
-            block.forward = self._wrap(i, block.forward)
-        self.timestep_arg = timestep_arg
-        self._branch = 0
-        self._cached = False
+        for region in self.regions:
+            for i, block in enumerate(region.blocks):
+                self._originals.append((block, block.__dict__.get("forward")))
+                block.forward = self._wrap(region, i, block.forward)
+
+    @classmethod
+    def single(cls, model: torch.nn.Module, config: CacheConfig, blocks: Sequence[str], pattern: int,
+               timestep_arg: str = "timestep") -> EagerDBCache:
+        """One region over the lists `blocks`."""
+        return cls(model, [(blocks, config, pattern)], timestep_arg, config.enable_separate_cfg)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -155,92 +202,107 @@ class EagerDBCache:
                 block.forward = fwd
 
     def reset(self) -> None:
-        self.policy.reset_requested = True
+        self.ctx.reset = True
 
-    # ---- stats ----
-    def cached_steps(self, branch: int = 0) -> list[int]:
-        return self.policy.branches[branch].cached_steps
+    # ---- stats (of the first region unless given) ----
+    def cached_steps(self, branch: int = 0, region: int = 0) -> list[int]:
+        return self.regions[region].branches[branch].cached_steps
 
-    def residual_diffs(self, branch: int = 0) -> dict[int, float]:
-        return self.policy.branches[branch].diffs
+    def residual_diffs(self, branch: int = 0, region: int = 0) -> dict[int, float]:
+        return self.regions[region].branches[branch].diffs
 
     # ---- hooks ----
     def _begin(self, module, args, kwargs):
         bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
         t = bound.get(self.timestep_arg, kwargs.get(self.timestep_arg))
-        t = float(t.reshape(-1)[0].float()) if isinstance(t, torch.Tensor) else float(t)
-        _, self._branch = self.policy.begin_call(t)
-        self._cached = False
+        t = float(t.detach().reshape(-1).float().amax()) if isinstance(t, torch.Tensor) else float(t)
+        t = float(torch.tensor(t, dtype=torch.float32))  # the graph compares fp32 timesteps
+        if classify_call(self.ctx, t, self.cfg_mode):
+            for r in self.regions:
+                r.branches = [BranchState(), BranchState()]
+        for r in self.regions:
+            r.cached = False
 
-    def _streams(self, args, kwargs):
+    @staticmethod
+    def _streams(region: Region, args, kwargs):
         h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        if self.pattern in (0, 1, 2):
+        e = None
+        if region.pattern in (0, 1, 2):
             e = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1]
-        else:
-            e = None
         return h, e
 
-    def _pack(self, h, e):
-        return {0: (h, e), 1: (e, h)}.get(self.pattern, h)
+    @staticmethod
+    def _pack(region: Region, h, e):
+        return {0: (h, e), 1: (e, h)}.get(region.pattern, h)
 
-    def _unpack(self, out):
-        if self.pattern == 0:
+    @staticmethod
+    def _unpack(region: Region, out):
+        if region.pattern == 0:
             return out[0], out[1]
-        if self.pattern == 1:
+        if region.pattern == 1:
             return out[1], out[0]
         return (out[0] if isinstance(out, tuple) else out), None
 
-    def _wrap(self, i: int, forward):
+    def _wrap(self, region: Region, i: int, forward):
         def run(*args, **kwargs):
-            st = self.policy.branches[self._branch]
-            h, e = self._streams(args, kwargs)
-            if self.first_mn <= i <= self.last_mn and self._cached:
-                if i < self.last_mn:
-                    return self._pack(h, e)  # skipped: pass the streams through
-                k = float(self.policy.step - st.last_computed)
+            st = region.branches[self.ctx.branch]
+            h, e = self._streams(region, args, kwargs)
+            if region.first_mn <= i <= region.last_mn and region.cached:
+                if i < region.last_mn:
+                    return self._pack(region, h, e)  # skipped: pass the streams through
+                k = float(self.ctx.step - st.counters.last_computed)
                 h2 = taylor_forecast(h, st.factors[0], k)
                 e2 = taylor_forecast(e, st.factors[1], k) if e is not None and st.factors[1] is not None else e
-                return self._pack(h2, e2)
+                return self._pack(region, h2, e2)
             if i == 0:
-                self._entry = h
-            if i == self.first_mn:
-                self._mn_in = (h, e)
+                region.entry = h
+            if i == region.first_mn:
+                region.mn_in = (h, e)
             out = forward(*args, **kwargs)
-            ho, eo = self._unpack(out)
-            if i == self.first_mn - 1:
-                self._cached = self.policy.decide(self._branch, ho - self._entry)
-            if i == self.last_mn:
-                self._store(st, ho, eo)
+            ho, eo = self._unpack(region, out)
+            if i == region.first_mn - 1:
+                region.cached = self._decide(region, st, ho - region.entry)
+            if i == region.last_mn:
+                self._store(region, st, ho, eo)
             return out
 
         return run
 
-    def _store(self, st: BranchState, ho, eo) -> None:
-        gap = float(self.policy.step - st.last_computed)
-        res = [ho - self._mn_in[0],
-               eo - self._mn_in[1] if eo is not None and self._mn_in[1] is not None else None]
-        if not st.factors:
-            st.factors = [None, None]
+    def _decide(self, region: Region, st: BranchState, fn_res: torch.Tensor) -> bool:
+        step = self.ctx.step
+        diff: list[float] = []
+        use_cache, consulted = should_cache(region.config, st.counters, step,
+                                            lambda: diff.append(rel_l1(st.anchor, fn_res)) or diff[0])
+        if consulted:
+            st.diffs[step] = diff[0]
+        if use_cache:
+            st.cached_steps.append(step)
+        else:
+            st.anchor = fn_res
+        region.before = st.counters
+        st.counters = update_counters(st.counters, use_cache, step, region.config.taylorseer_order)
+        return use_cache
+
+    def _store(self, region: Region, st: BranchState, ho, eo) -> None:
+        before = region.before  # counters before this computed step
+        gap = float(self.ctx.step - before.last_computed)
+        res = [ho - region.mn_in[0],
+               eo - region.mn_in[1] if eo is not None and region.mn_in[1] is not None else None]
         for k, r in enumerate(res):
             if r is None:
                 st.factors[k] = None
                 continue
-            K = self.config.taylorseer_order if k == 0 or self.config.taylorseer_encoder else 0
+            K = region.config.taylor_order_for("hidden" if k == 0 else "encoder")
             old = st.factors[k] if st.factors[k] is not None else torch.zeros((K + 1, *r.shape), dtype=r.dtype)
-            st.factors[k] = taylor_update(old, r, gap, st.n_valid)
-        st.n_valid = min(st.n_valid + 1, self.config.taylorseer_order + 1)
-        st.last_computed = self.policy.step
+            st.factors[k] = taylor_update(old, r, gap, before.n_valid)
 
 
 def decision_string(config: CacheConfig, steps: int, diffs: Sequence[float] | float = 0.0) -> str:
     """Golden-test helper: '1' computed / '0' cached per step when the Fn residual diff is `diffs`."""
-    policy = Policy(config)
-    out = []
+    n, out = Counters(), []
     for s in range(steps):
-        policy.begin_call(float(steps - s))
         d = diffs if isinstance(diffs, float) else diffs[s]
-        st = policy.branches[0]
-        # a residual whose relative L1 distance to the anchor is `d`
-        fn_res = torch.ones(4) if st.anchor is None else st.anchor * (1 + d)
-        out.append("0" if policy.decide(0, fn_res) else "1")
+        use_cache, _ = should_cache(config, n, s, lambda d=d: d)
+        n = update_counters(n, use_cache, s, config.taylorseer_order)
+        out.append("0" if use_cache else "1")
     return "".join(out)

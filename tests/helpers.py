@@ -20,7 +20,7 @@ def max_rel_err(outs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
 
 
 def oracle_run(model, m: TinyModel, config: dit_cache_fx.CacheConfig, steps: int = 28, cfg: bool = False):
-    ora = EagerDBCache(model, config, m.blocks, m.pattern)
+    ora = EagerDBCache.single(model, config, m.blocks, m.pattern)
     try:
         outs = run_loop(model, m, steps=steps, cfg=cfg)
     finally:
@@ -46,4 +46,9 @@ def pick_threshold(model, m: TinyModel, config: dit_cache_fx.CacheConfig, steps:
 
 
 def handle(module) -> dit_cache_fx.backend.CacheHandle:
-    return module._dit_cache_fx
+    return dit_cache_fx.api.handle_of(module)
+
+
+def n_states(module) -> int:
+    """Per-shape region states allocated so far."""
+    return len(handle(module).store.states())

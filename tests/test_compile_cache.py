@@ -6,7 +6,7 @@ from torch import nn
 
 import dit_cache_fx
 
-from helpers import handle
+from helpers import n_states
 from toy import ToyDiT
 
 
@@ -33,7 +33,7 @@ def _run(model: nn.Module, spec: str = "F1B0_R0"):
     with torch.no_grad():
         out, ref = compiled(x, t), model(x, t)
     torch.testing.assert_close(out, ref)
-    assert len(handle(compiled).states) == 1
+    assert n_states(compiled) == 1
     return {**counters["inductor"], **counters["aot_autograd"]}
 
 

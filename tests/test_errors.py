@@ -14,15 +14,40 @@ def _call(model, t=5.0):
         return model(torch.randn(1, 8, 16), torch.tensor([t]))
 
 
-def test_fn_bn_larger_than_run():
-    compiled = dit_cache_fx.compile(ToyDiT(num_layers=4), cache="F3B1")
-    with pytest.raises(Exception, match=r"Fn=3 \+ Bn=1 leaves no middle blocks .*transformer_blocks\[0:4\]"):
+def test_fn_bn_larger_than_every_block_list_fails_in_compile():
+    with pytest.raises(dit_cache_fx.CachePlanError, match=r"Fn=3 \+ Bn=1 leaves no middle blocks .*4 blocks"):
+        dit_cache_fx.compile(ToyDiT(num_layers=4), cache="F3B1")
+    with pytest.raises(dit_cache_fx.CachePlanError, match=r"no block list named \['blocks'\]"):
+        dit_cache_fx.compile(ToyDiT(), cache={"blocks": "F1B0"})
+
+
+class _TwoLists(ToyDiT):
+    """Two block lists of 4 that are *not* chained (a top-level op between them): runs of 4, not 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.more_blocks = torch.nn.ModuleList(type(self.transformer_blocks[0])(16) for _ in range(4))
+
+    def forward(self, hidden_states, timestep):
+        h = self.proj_in(hidden_states)
+        temb = timestep.float().view(-1, 1, 1) / 1000
+        for block in self.transformer_blocks:
+            h = block(h, temb)
+        h = torch.tanh(h)
+        for block in self.more_blocks:
+            h = block(h, temb)
+        return self.proj_out(h)
+
+
+def test_fn_bn_larger_than_the_traced_runs_fails_at_the_first_call_as_itself():
+    compiled = dit_cache_fx.compile(_TwoLists(), cache="F3B1")  # 8 blocks in all: compile() cannot tell
+    with pytest.raises(dit_cache_fx.NoBlockRunError, match=r"transformer_blocks\[0:4\]: Fn=3 \+ Bn=1 leaves no"):
         _call(compiled)
 
 
 def test_no_repeated_blocks():
     compiled = dit_cache_fx.compile(NoBlocks(), cache="F1B0")
-    with pytest.raises(dit_cache_fx.NoBlockRunError, match="no run of repeated transformer blocks"):
+    with pytest.raises(dit_cache_fx.NoBlockRunError, match="no cacheable run of repeated transformer blocks"):
         _call(compiled)
 
 
@@ -35,22 +60,31 @@ def test_no_repeated_blocks_opt_in_plain_compile():
     torch.testing.assert_close(out, model(x, t))
 
 
-class _NoTimestep(ToyDiT):
-    def forward(self, hidden_states, sigma):  # noqa: D102 - timestep under another name
+class _Sigma(ToyDiT):
+    def forward(self, hidden_states, sigma):  # the timestep under another name
         return super().forward(hidden_states, sigma)
 
 
-def test_missing_timestep_named():
-    compiled = dit_cache_fx.compile(_NoTimestep(), cache="F1B0")
-    with pytest.raises(Exception, match="no tensor input named timestep"):
-        _call(compiled)
-    ok = dit_cache_fx.compile(_NoTimestep(), cache=dit_cache_fx.CacheConfig(Fn_compute_blocks=1, timestep_arg="sigma"))
-    _call(ok)
-    assert dit_cache_fx.summary(ok).num_steps == 1
+class _NoiseLevel(ToyDiT):
+    def forward(self, hidden_states, noise_level):  # a name that says nothing, and no sinusoidal embedding
+        return super().forward(hidden_states, noise_level)
+
+
+def test_timestep_found_or_named_in_the_error():
+    found = dit_cache_fx.compile(_Sigma(), cache="F1B0")
+    _call(found)
+    assert dit_cache_fx.summary(found).num_steps == 1
+    missing = dit_cache_fx.compile(_NoiseLevel(), cache="F1B0")
+    with pytest.raises(dit_cache_fx.CachePlanError, match=r"timestep input .* among the inputs \['hidden_states', "
+                       r"'noise_level'\]; pass CacheConfig\(timestep_arg="):
+        _call(missing)
+    named = dit_cache_fx.compile(_NoiseLevel(), cache=dit_cache_fx.CacheConfig(Fn_compute_blocks=1,
+                                                                               timestep_arg="noise_level"))
+    _call(named)
+    assert dit_cache_fx.summary(named).num_steps == 1
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(dynamic=True), "static shapes"),
     (dict(backend="inductor"), "chooses the backend"),
     (dict(on_no_blocks="ignore"), "on_no_blocks"),
     (dict(cache="F8Q"), "cannot parse 'Q'"),
@@ -69,15 +103,28 @@ def test_configure_structural_change_rejected():
         dit_cache_fx.summary(nn.Linear(2, 2))
 
 
-def test_shape_change_starts_new_generation():
-    compiled = dit_cache_fx.compile(ToyDiT(), cache="F1B0_W1_R1.0")
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_shape_change_mid_generation_is_an_error(dynamic):
+    compiled = dit_cache_fx.compile(ToyDiT(), cache="F1B0_W1_R1.0", dynamic=dynamic)
     with torch.no_grad():
         for s in range(4):
             compiled(torch.randn(1, 8, 16), torch.tensor([100.0 - s]))
         assert dit_cache_fx.summary(compiled).cached_steps == [1, 2, 3]
-        compiled(torch.randn(2, 8, 16), torch.tensor([96.0]))  # batch changed mid-generation
+        with pytest.raises(dit_cache_fx.ShapeChangedError, match=r"changed shape from \[1, 8, 16\] to \[2, 8, 16\] "
+                           "at step 4"), pytest.warns(UserWarning, match="another graph") if not dynamic else _nothing():
+            compiled(torch.randn(2, 8, 16), torch.tensor([96.0]))  # batch changed mid-generation
+        # a new generation at the new shape is fine, and starts from fresh state
+        dit_cache_fx.reset(compiled)
+        for s in range(3):
+            compiled(torch.randn(2, 8, 16), torch.tensor([100.0 - s]))
     s = dit_cache_fx.summary(compiled)
-    assert s.num_steps == 1 and s.cached_steps == []  # fresh state, nothing stale reused
+    assert s.num_steps == 3 and s.cached_steps == [1, 2]
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def test_mode_and_options_become_inductor_config():

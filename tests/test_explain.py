@@ -26,25 +26,26 @@ def _blocks_in(gm):
 
 
 def test_rewritten_graph_structure(compiled):
-    rec = handle(compiled).graphs[0]
-    conds = [n for n in rec.gm.graph.nodes if n.target is torch.ops.higher_order.cond]
+    gm = handle(compiled).graphs[0].record.gm
+    conds = [n for n in gm.graph.nodes if n.target is torch.ops.higher_order.cond]
     assert len(conds) == 1
-    assert _blocks_in(rec.gm) == {"transformer_blocks.0", "transformer_blocks.4"}
-    assert _blocks_in(rec.gm.dit_cache_compute) == {f"transformer_blocks.{i}" for i in (1, 2, 3)}
-    assert _blocks_in(rec.gm.dit_cache_cached) == set()
+    assert _blocks_in(gm) == {"transformer_blocks.0", "transformer_blocks.4"}
+    assert _blocks_in(gm.r0_compute) == {f"transformer_blocks.{i}" for i in (1, 2, 3)}
+    assert _blocks_in(gm.r0_cached) == set()
     # the cached branch is only the residual add + state copy
-    ops = [n for n in rec.gm.dit_cache_cached.graph.nodes if n.op in ("call_function", "call_method")]
+    ops = [n for n in gm.r0_cached.graph.nodes if n.op in ("call_function", "call_method")]
     assert len(ops) == 2
 
 
 def test_explain_report(compiled):
     rep = dit_cache_fx.explain(compiled, torch.randn(1, 8, 16), torch.tensor([3.0]))
     assert rep.graph_break_count == 0 and rep.graph_count == 1
-    assert rep.runs == ["transformer_blocks[0:5] (5 blocks, streams=hidden, P3)"]
+    assert rep.runs == ["transformer_blocks[0:5] (5 blocks, streams=hidden)"]
     assert rep.split.startswith("Fn=1 [transformer_blocks.0..transformer_blocks.0] | Mn=3 "
                                 "[transformer_blocks.1..transformer_blocks.3] | Bn=1 [transformer_blocks.4")
     text = str(rep)
-    assert "torch.ops.higher_order.cond(" in text and "runtime_decide(" in text and "branch dit_cache_compute" in text
+    assert "torch.ops.higher_order.cond(" in text and "policy_decide(" in text
+    assert "branch r0_compute" in rep.text(verbose=True) and "branch r0_compute" not in text
 
 
 def test_summary_table(compiled):

@@ -13,34 +13,34 @@ import dit_cache_fx
 from extra_models import EXTRA_MODELS, cache_config, run_loop
 from helpers import handle, max_rel_err
 
-# the run each model's cache region covers, as `explain` describes it
-MAIN_RUN = {
-    "ltxvideo": "transformer_blocks[0:4] (4 blocks, streams=hidden, P2)",
-    "sana": "transformer_blocks[0:4] (4 blocks, streams=hidden, P2)",
-    "cogview4": "transformer_blocks[0:4] (4 blocks, streams=hidden+encoder, P0)",
+# the cache regions of each model, as `explain` names them (one region per block run)
+REGIONS = {
+    "ltxvideo": ["transformer_blocks[0:4]"],
+    "sana": ["transformer_blocks[0:4]"],
+    "cogview4": ["transformer_blocks[0:4]"],
     # the joint/double blocks do not chain into the single blocks (the streams are concatenated at top level
-    # in between): only the single-stream run is cached
-    "auraflow": "single_transformer_blocks[0:4] (4 blocks, streams=hidden, P3)",
-    "chroma": "single_transformer_blocks[0:4] (4 blocks, streams=hidden, P3)",
-    "flux2": "single_transformer_blocks[0:4] (4 blocks, streams=hidden, P3)",
-    "mochi": "transformer_blocks[0:4] (4 blocks, streams=hidden+encoder, P0)",
-    "allegro": "transformer_blocks[0:4] (4 blocks, streams=hidden, P2)",
-    "cogview3plus": "transformer_blocks[0:4] (4 blocks, streams=hidden+encoder, P0)",
-    "zimage": "layers[0:4] (4 blocks, streams=hidden, P3)",
-    "skyreelsv2": "blocks[0:4] (4 blocks, streams=hidden, P2)",
-    "stableaudio": "transformer_blocks[0:4] (4 blocks, streams=hidden, P2)",
-    "hunyuandit": "blocks[0:6] (6 blocks, streams=hidden, P2)",  # long skips stay inside the region
-    "easyanimate": "transformer_blocks[0:4] (4 blocks, streams=hidden+encoder, P0)",
+    # in between): two runs, two regions, as cache-dit's two contexts
+    "auraflow": ["joint_transformer_blocks[0:2]", "single_transformer_blocks[0:4]"],
+    "chroma": ["transformer_blocks[0:2]", "single_transformer_blocks[0:4]"],
+    "flux2": ["transformer_blocks[0:2]", "single_transformer_blocks[0:4]"],
+    "mochi": ["transformer_blocks[0:4]"],
+    "allegro": ["transformer_blocks[0:4]"],
+    "cogview3plus": ["transformer_blocks[0:4]"],
+    "zimage": ["layers[0:4]"],
+    "skyreelsv2": ["blocks[0:4]"],
+    "stableaudio": ["transformer_blocks[0:4]"],
+    "hunyuandit": ["blocks[0:6]"],  # long skips stay inside the region
+    "easyanimate": ["transformer_blocks[0:4]"],
 }
 STEPS = 6
 
 
 def test_every_supported_extra_model_is_listed():
-    assert set(MAIN_RUN) == {n for n, m in EXTRA_MODELS.items() if not m.unsupported}
+    assert set(REGIONS) == {n for n, m in EXTRA_MODELS.items() if not m.unsupported}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MAIN_RUN))
+@pytest.mark.parametrize("name", list(REGIONS))
 def test_extra_model(name):
     m = EXTRA_MODELS[name]
     torch._dynamo.reset()
@@ -55,11 +55,13 @@ def test_extra_model(name):
     dit_cache_fx.configure(compiled, cache_config(m, "F1B0_W2_R1.0"))  # always cache after warmup
     outs = run_loop(compiled, m, steps=STEPS)
     assert all(torch.isfinite(o).all() for o in outs)
-    assert dit_cache_fx.summary(compiled).cached_steps == [2, 3, 4, 5]
+    s = dit_cache_fx.summary(compiled)
+    assert list(s.regions) == REGIONS[name]
+    assert all(r.cached_steps == [2, 3, 4, 5] for r in s.regions.values())
     assert max_rel_err(outs, eager) > 1e-4  # the cached steps really skipped the middle blocks
     assert len(handle(compiled).graphs) == 1  # one backend compilation for both thresholds
 
     report = dit_cache_fx.explain(compiled)
-    main = MAIN_RUN[name]
-    assert main in report.runs
-    assert report.split.startswith(f"Fn=1 [{main.split('[')[0]}.0..")
+    assert [r.name for r in report.regions] == REGIONS[name]
+    first = REGIONS[name][0].split("[")[0]
+    assert report.split.startswith(f"Fn=1 [{first}.0..{first}.0] | Mn=")

@@ -14,7 +14,7 @@ import torch
 from torch.testing import assert_close
 
 import dit_cache_fx
-from dit_cache_fx.kernels import ops, rel_l1_diff, taylor_forecast, taylor_update
+from dit_cache_fx.kernels import l1_sums, ops, taylor_forecast, taylor_update
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed: no Triton kernels")
@@ -97,17 +97,17 @@ def test_triton_kernels_under_interpreter():
 @interpreter_only
 @pytest.mark.parametrize("dtype", grid(DTYPES), ids=str)
 @pytest.mark.parametrize("shape", grid(SHAPES), ids=str)
-def test_interp_rel_l1_diff(tri, rng, shape, dtype):
+def test_interp_l1_sums(tri, rng, shape, dtype):
     prev = _randn(shape, dtype, rng)
     cur = (prev.float() + _randn(shape, torch.float32, rng, 0.3)).to(dtype)
     p, c = prev.double(), cur.double()
-    ref = (p - c).abs().mean() / p.abs().mean()
+    ref = torch.stack([(p - c).abs().sum(), p.abs().sum()])
     # the defaults (one tile per program here), then tiny tiles over 3 programs (grid-stride loop)
     for kw in (dict(), dict(block=64, max_programs=3)):
-        out = tri._rel_l1_diff_triton(prev, cur, out=torch.full((), NAN), **kw)
-        assert out.dtype == torch.float32
+        out = tri._l1_sums_triton(prev, cur, out=torch.full((2,), NAN), **kw)
+        assert out.dtype == torch.float32 and out.shape == (2,)
         assert_close(out.double(), ref, rtol=1e-5, atol=0)  # fp32 accumulation whatever the input dtype
-    assert_close(tri._rel_l1_diff_torch(prev, cur), out, rtol=1e-5, atol=0)
+    assert_close(tri._l1_sums_torch(prev, cur), out, rtol=1e-5, atol=0)
 
 
 @needs_triton
@@ -148,19 +148,17 @@ def test_interp_non_contiguous_inputs(tri, rng):
     factors = torch.randn(3, 33, 17, generator=rng).transpose(1, 2)
     gap, nv, k = torch.tensor(2.0), torch.tensor(3), torch.tensor(3.0)
     assert not (prev.is_contiguous() or factors.is_contiguous())
-    assert_close(tri._rel_l1_diff_triton(prev, cur), rel_l1_diff(prev, cur))
+    assert_close(tri._l1_sums_triton(prev, cur), l1_sums(prev, cur))
     assert_close(tri._taylor_update_triton(factors, cur, gap, nv), _update_ref(factors, cur, 2.0, 3).float())
     assert_close(tri._taylor_forecast_triton(prev, factors, k), _forecast_ref(prev, factors, 3.0).float())
 
 
 @needs_triton
 @interpreter_only
-@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
-def test_interp_rel_l1_diff_zero_denominator(tri):
+def test_interp_l1_sums_zero_and_empty(tri):
     zero, one = torch.zeros(5), torch.ones(5)
-    assert tri._rel_l1_diff_triton(zero, one).item() == rel_l1_diff(zero, one).item() == math.inf
-    assert tri._rel_l1_diff_triton(zero, zero).isnan() and rel_l1_diff(zero, zero).isnan()
-    assert tri._rel_l1_diff_triton(zero[:0], one[:0]).isnan() and rel_l1_diff(zero[:0], one[:0]).isnan()
+    assert tri._l1_sums_triton(zero, one).tolist() == l1_sums(zero, one).tolist() == [5.0, 0.0]
+    assert tri._l1_sums_triton(zero[:0], one[:0]).tolist() == l1_sums(zero[:0], one[:0]).tolist() == [0.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -169,10 +167,10 @@ def test_interp_rel_l1_diff_zero_denominator(tri):
 # kernel: (signature, {t} = element type; constexprs). Pointers and sizes divisible by 16, as the JIT
 # specializes them for most DiT activations.
 _SIGNATURES = {
-    "rel_l1_partial_kernel": ({"prev_ptr": "*{t}", "cur_ptr": "*{t}", "partial_ptr": "*fp32", "n": "i32"},
-                              {"BLOCK": ops.BLOCK}),
-    "rel_l1_finish_kernel": ({"partial_ptr": "*fp32", "out_ptr": "*fp32", "n_partial": "i32"},
-                             {"BLOCK": ops.MAX_PROGRAMS}),
+    "l1_sums_partial_kernel": ({"prev_ptr": "*{t}", "cur_ptr": "*{t}", "partial_ptr": "*fp32", "n": "i32"},
+                               {"BLOCK": ops.BLOCK}),
+    "l1_sums_finish_kernel": ({"partial_ptr": "*fp32", "out_ptr": "*fp32", "n_partial": "i32"},
+                              {"BLOCK": ops.MAX_PROGRAMS}),
     "taylor_update_kernel": ({"f_ptr": "*{t}", "y_ptr": "*{t}", "gap_ptr": "*fp32", "n_valid_ptr": "*i64",
                               "out_ptr": "*{t}", "n": "i64"}, {"ORDER": 2, "BLOCK": ops.BLOCK}),
     "taylor_forecast_kernel": ({"base_ptr": "*{t}", "f_ptr": "*{t}", "k_ptr": "*fp32", "out_ptr": "*{t}",
@@ -213,7 +211,7 @@ def test_launchers_trace_to_triton_kernel_nodes(tracing_mode):
 
     x, f = torch.randn(4099), torch.randn(3, 4099)
     gap, nv, k = torch.tensor(2.0), torch.tensor(2), torch.tensor(1.0)
-    launches = [(lambda p, c: ops._rel_l1_diff_triton(p, c), (x, x), 2),
+    launches = [(lambda p, c: ops._l1_sums_triton(p, c), (x, x), 2),
                 (lambda f, y, g, n: ops._taylor_update_triton(f, y, g, n), (f, x, gap, nv), 1),
                 (lambda b, f, k: ops._taylor_forecast_triton(b, f, k), (x, f, k), 1)]
     allowed = {"aten.empty.memory_format", "aten.sym_numel.default", "aten.sym_size.int"}
@@ -227,13 +225,13 @@ def test_launchers_trace_to_triton_kernel_nodes(tracing_mode):
 # ---------------------------------------------------------------------------------------------------------
 # the ops: opcheck, torch.compile on CPU, TaylorSeer golden numbers, input checks
 
-OPS = {"rel_l1_diff": rel_l1_diff, "taylor_update": taylor_update, "taylor_forecast": taylor_forecast}
+OPS = {"l1_sums": l1_sums, "taylor_update": taylor_update, "taylor_forecast": taylor_forecast}
 
 
 def _op_args(name, rng, dtype=torch.float32):
     shape = (3, 5, 7)
     a, b, f = _randn(shape, dtype, rng), _randn(shape, dtype, rng), _randn((3, *shape), dtype, rng)
-    return {"rel_l1_diff": (a, b),
+    return {"l1_sums": (a, b),
             "taylor_update": (f, b, torch.tensor(2.0), torch.tensor(2)),
             "taylor_forecast": (a, f, torch.tensor(3.0))}[name]
 
@@ -294,18 +292,18 @@ def test_interp_taylorseer_worked_example(tri):
     _check_worked_example(tri._taylor_update_triton, tri._taylor_forecast_triton)
 
 
-def test_rel_l1_diff_value_and_dtype():
+def test_l1_sums_value_and_dtype():
     prev, cur = torch.tensor([1.0, -2.0, 3.0, -4.0]), torch.tensor([1.5, -2.0, 2.0, -4.0])
-    assert rel_l1_diff(prev, cur).item() == pytest.approx(1.5 / 10)
-    out = rel_l1_diff(prev.bfloat16(), cur.bfloat16())
-    assert out.dtype == torch.float32 and out.shape == ()
+    assert l1_sums(prev, cur).tolist() == [1.5, 10.0]
+    out = l1_sums(prev.bfloat16(), cur.bfloat16())
+    assert out.dtype == torch.float32 and out.shape == (2,)
 
 
 def test_bad_inputs_are_named():
     x, f, one, zero = torch.zeros(3, 4), torch.zeros(2, 3, 4), torch.tensor(1.0), torch.tensor(0)
     cases = [
-        (lambda: rel_l1_diff(x, torch.zeros(4, 3)), r"rel_l1_diff: prev and cur must have the same shape"),
-        (lambda: rel_l1_diff(x.long(), x.long()), r"rel_l1_diff: prev must be a floating-point tensor"),
+        (lambda: l1_sums(x, torch.zeros(4, 3)), r"l1_sums: prev and cur must have the same shape"),
+        (lambda: l1_sums(x.long(), x.long()), r"l1_sums: prev must be a floating-point tensor"),
         (lambda: taylor_update(torch.zeros(2, 3, 5), x, one, zero),
          r"taylor_update: factors must have shape \[K\+1, \*value.shape\] = \[K\+1, 3, 4\]"),
         (lambda: taylor_update(f, x, torch.tensor([1.0]), zero), r"gap must be a 0-dim floating"),

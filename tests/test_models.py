@@ -6,7 +6,7 @@ import torch
 
 import dit_cache_fx
 
-from helpers import handle, max_rel_err, oracle_run, pick_threshold
+from helpers import handle, max_rel_err, n_states, oracle_run, pick_threshold
 from tiny_models import MODELS, run_loop
 
 # (Fn, Bn) per model: both Bn = 0 (region feeds the output code) and Bn > 0 (region feeds a block)
@@ -52,4 +52,4 @@ def test_model_matches_eager_and_oracle(name):
     assert len(counters["graph_break"]) == 0
     assert counters["stats"]["unique_graphs"] == 1
     assert len(handle(compiled).graphs) == 1  # one backend compilation for everything above
-    assert len(handle(compiled).states) == 1
+    assert n_states(compiled) == 1

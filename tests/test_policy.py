@@ -37,11 +37,18 @@ def test_reference_golden(spec):
 
 
 @pytest.fixture(scope="module")
-def toy():
+def toy_module():
     torch.manual_seed(0)
     model = ToyDiT().eval()
     compiled = dit_cache_fx.compile(model, cache="F1B0_R0", fullgraph=True)
     return model, compiled
+
+
+@pytest.fixture
+def toy(toy_module):
+    """The shared compiled toy, starting a new generation (whatever the previous test left)."""
+    dit_cache_fx.reset(toy_module[1])
+    return toy_module
 
 
 def _toy_loop(compiled, steps=28, ratio=0.98, cfg=False):
@@ -151,12 +158,11 @@ def _drift_loop(compiled, steps=28):
 def test_scm_compiled_and_reference(toy, policy, want):
     model, compiled = toy
     spec = f"F1B0_W8_R0.03_SCMmedium_N28_{policy}"
-    ora = reference.EagerDBCache(model, CacheConfig.parse(spec), ["transformer_blocks"], pattern=3)
+    ora = reference.EagerDBCache.single(model, CacheConfig.parse(spec), ["transformer_blocks"], pattern=3)
     _drift_loop(model)
     ora.remove()
     assert _string(ora.cached_steps(), 28) == want
     dit_cache_fx.configure(compiled, spec)
-    dit_cache_fx.reset(compiled)  # negative timesteps continue "forward" from the previous test's generation
     with torch._dynamo.config.patch(error_on_recompile=True):
         _drift_loop(compiled)
     s = dit_cache_fx.summary(compiled)

@@ -55,7 +55,7 @@ def toy_taylor():
 def test_compiled_matches_oracle(toy_taylor, order):
     model, compiled2 = toy_taylor
     cfg = dit_cache_fx.CacheConfig.parse(f"F1B0_W3MC3_R1.0_T{order}")
-    ora = reference.EagerDBCache(model, cfg, ["transformer_blocks"], pattern=3)
+    ora = reference.EagerDBCache.single(model, cfg, ["transformer_blocks"], pattern=3)
     refs = _loop(model)
     ora.remove()
     compiled = compiled2 if order == 2 else dit_cache_fx.compile(model, cache=cfg, fullgraph=True)
@@ -76,7 +76,7 @@ def test_taylor_beats_plain_cache_on_smooth_residual(toy_taylor):
     errs = {}
     for order in (0, 1, 2):
         cfg = dit_cache_fx.CacheConfig.parse(f"F1B0_W3MC3_R1.0_T{order}")
-        ora = reference.EagerDBCache(model, cfg, ["transformer_blocks"], pattern=3)
+        ora = reference.EagerDBCache.single(model, cfg, ["transformer_blocks"], pattern=3)
         outs = _loop(model)
         ora.remove()
         errs[order] = max_rel_err(outs, exact)
@@ -98,6 +98,6 @@ def test_dual_stream_model_matches_oracle(spec):
     outs = run_loop(compiled, m, steps=12)
     assert dit_cache_fx.summary(compiled).cached_steps == ora.cached_steps() == [2, 3, 5, 6, 8, 9, 11]
     assert max_rel_err(outs, refs) <= 1e-4
-    stacks = handle(compiled).states[0].stacks
+    stacks = handle(compiled).store.states()[0].factors
     assert [s.shape[1] for s in stacks] == ([cfg.taylorseer_order + 1] * 2 if cfg.taylorseer_encoder
                                             else [cfg.taylorseer_order + 1, 1])

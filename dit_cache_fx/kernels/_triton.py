@@ -11,7 +11,7 @@ import triton.language as tl
 
 
 @triton.jit
-def rel_l1_partial_kernel(prev_ptr, cur_ptr, partial_ptr, n, BLOCK: tl.constexpr):
+def l1_sums_partial_kernel(prev_ptr, cur_ptr, partial_ptr, n, BLOCK: tl.constexpr):
     # program p of P visits the tiles p, p + P, p + 2P, ... and writes partial[0, p] = Σ|prev - cur|,
     # partial[1, p] = Σ|prev|; the order of the additions depends only on (n, P, BLOCK): deterministic
     pid = tl.program_id(0)
@@ -30,13 +30,12 @@ def rel_l1_partial_kernel(prev_ptr, cur_ptr, partial_ptr, n, BLOCK: tl.constexpr
 
 
 @triton.jit
-def rel_l1_finish_kernel(partial_ptr, out_ptr, n_partial, BLOCK: tl.constexpr):
-    # a single program: fixed-order sum of the partials, then mean|prev - cur| / mean|prev| (= ratio of sums)
+def l1_sums_finish_kernel(partial_ptr, out_ptr, n_partial, BLOCK: tl.constexpr):
+    # a single program: fixed-order sums of the partials -> out[0] = Σ|prev - cur|, out[1] = Σ|prev|
     offs = tl.arange(0, BLOCK)
     mask = offs < n_partial
-    diff = tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0)
-    prev = tl.sum(tl.load(partial_ptr + n_partial + offs, mask=mask, other=0.0), axis=0)
-    tl.store(out_ptr, tl.div_rn(diff, prev))  # IEEE division: x/0 = inf, 0/0 = nan, as in torch
+    tl.store(out_ptr, tl.sum(tl.load(partial_ptr + offs, mask=mask, other=0.0), axis=0))
+    tl.store(out_ptr + 1, tl.sum(tl.load(partial_ptr + n_partial + offs, mask=mask, other=0.0), axis=0))
 
 
 @triton.jit

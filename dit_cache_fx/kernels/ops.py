@@ -25,7 +25,7 @@ else:
     _triton = None
 
 BLOCK = 1024  # elements per program and loop iteration (4 warps: 8 per thread, 16-byte loads at 16 bits)
-MAX_PROGRAMS = 1024  # rel_l1_diff: at most this many partial sums, added up by one program
+MAX_PROGRAMS = 1024  # l1_sums: at most this many partial sums, added up by one program
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,14 +59,14 @@ def _check_stack(op: str, factors: Tensor, value: Tensor, value_name: str) -> No
         raise ValueError(f"{op}: factors is on {factors.device} but {value_name} is on {value.device}")
 
 
-def _check_rel_l1_diff(prev: Tensor, cur: Tensor) -> None:
-    _check_float("rel_l1_diff", "prev", prev)
-    _check_float("rel_l1_diff", "cur", cur)
+def _check_l1_sums(prev: Tensor, cur: Tensor) -> None:
+    _check_float("l1_sums", "prev", prev)
+    _check_float("l1_sums", "cur", cur)
     if prev.shape != cur.shape:
-        raise ValueError(f"rel_l1_diff: prev and cur must have the same shape, got {tuple(prev.shape)} "
+        raise ValueError(f"l1_sums: prev and cur must have the same shape, got {tuple(prev.shape)} "
                          f"and {tuple(cur.shape)}")
     if prev.device != cur.device:
-        raise ValueError(f"rel_l1_diff: prev is on {prev.device} but cur is on {cur.device}")
+        raise ValueError(f"l1_sums: prev is on {prev.device} but cur is on {cur.device}")
 
 
 def _check_taylor_update(factors: Tensor, value: Tensor, gap: Tensor, n_valid: Tensor) -> None:
@@ -84,9 +84,9 @@ def _check_taylor_forecast(base: Tensor, factors: Tensor, k: Tensor) -> None:
 # torch branch: plain ops that inductor fuses into one kernel each (also the reference for the kernels)
 
 
-def _rel_l1_diff_torch(prev: Tensor, cur: Tensor) -> Tensor:
+def _l1_sums_torch(prev: Tensor, cur: Tensor) -> Tensor:
     p = prev.float()
-    return (p - cur.float()).abs().mean() / p.abs().mean()
+    return torch.stack([(p - cur.float()).abs().sum(), p.abs().sum()])
 
 
 def _taylor_update_torch(factors: Tensor, value: Tensor, gap: Tensor, n_valid: Tensor) -> Tensor:
@@ -125,18 +125,18 @@ def _out(out: Tensor | None, like: Tensor, shape: torch.Size, dtype: torch.dtype
     return out
 
 
-def _rel_l1_diff_triton(prev: Tensor, cur: Tensor, out: Tensor | None = None, *, block: int = BLOCK,
-                        max_programs: int = MAX_PROGRAMS) -> Tensor:
+def _l1_sums_triton(prev: Tensor, cur: Tensor, out: Tensor | None = None, *, block: int = BLOCK,
+                    max_programs: int = MAX_PROGRAMS) -> Tensor:
     _require_triton()
     prev, cur = prev.contiguous(), cur.contiguous()
     n = prev.numel()
     n_programs = min(max(1, triton.cdiv(n, block)), max_programs)
     # per program: partial[0] = Σ|prev - cur|, partial[1] = Σ|prev|
     partial = torch.empty((2, n_programs), dtype=torch.float32, device=prev.device)
-    out = _out(out, prev, torch.Size(()), torch.float32)
-    torch.library.wrap_triton(_triton.rel_l1_partial_kernel)[(n_programs,)](
+    out = _out(out, prev, torch.Size((2,)), torch.float32)
+    torch.library.wrap_triton(_triton.l1_sums_partial_kernel)[(n_programs,)](
         prev, cur, partial, n, BLOCK=block)
-    torch.library.wrap_triton(_triton.rel_l1_finish_kernel)[(1,)](
+    torch.library.wrap_triton(_triton.l1_sums_finish_kernel)[(1,)](
         partial, out, n_programs, BLOCK=triton.next_power_of_2(max_programs))
     return out
 
@@ -167,17 +167,18 @@ def _taylor_forecast_triton(base: Tensor, factors: Tensor, k: Tensor, out: Tenso
 # the ops
 
 
-@torch.library.triton_op("dit_cache_fx::rel_l1_diff", mutates_args=())
-def rel_l1_diff(prev: Tensor, cur: Tensor) -> Tensor:
-    """mean|prev − cur| / mean|prev| over all elements, as a 0-dim float32 tensor (no host sync).
+@torch.library.triton_op("dit_cache_fx::l1_sums", mutates_args=())
+def l1_sums(prev: Tensor, cur: Tensor) -> Tensor:
+    """[Σ|prev − cur|, Σ|prev|] over all elements, as a float32 tensor of 2 (no host sync).
 
-    Accumulates in fp32. If mean|prev| is 0 the result is what torch gives for x/0: inf, or nan when
-    cur == prev too (and for empty tensors); callers guard it.
+    Accumulated in fp32 with a deterministic order. Their ratio is the relative L1 distance
+    mean|prev − cur| / mean|prev|; keeping the sums apart lets ranks add theirs before dividing
+    (`runtime.signal`).
     """
-    _check_rel_l1_diff(prev, cur)
+    _check_l1_sums(prev, cur)
     if _triton is None or prev.device.type != "cuda":
-        return _rel_l1_diff_torch(prev, cur)
-    return _rel_l1_diff_triton(prev, cur)
+        return _l1_sums_torch(prev, cur)
+    return _l1_sums_triton(prev, cur)
 
 
 @torch.library.triton_op("dit_cache_fx::taylor_update", mutates_args=())

@@ -1,26 +1,34 @@
-"""Analysis only: find runs of repeated transformer blocks in a Dynamo graph and their streams.
+"""Analysis only: find the runs of repeated transformer blocks in a Dynamo graph and the streams they carry.
 
 A node belongs to block `transformer_blocks.3` when that module is on its `nn_module_stack` (exact
-path, outermost indexed entry). Blocks come out contiguous in graph order; a run is a sequence of
-blocks where each block's outputs flow straight into the next block (no top-level node in between
-touches them). Two block lists chain into one run when the streams pass directly from one to the
-other (Flux: 19 double blocks then 38 single blocks).
+path, outermost indexed entry). Blocks come out contiguous in graph order. A run is a chain of blocks of
+one block list where each block's outputs flow straight into the next one; two lists chain into one run
+when the streams pass directly from one to the other (Flux: 19 double blocks then 38 single blocks).
 
-Streams are the tensors carried from block to block: `hidden` (the one that descends from the model's
-first input, the latents) and, for dual-stream blocks, `encoder`.
+Streams are the tensors carried from block to block, followed by wiring (never by shape alone):
+- between two blocks of one class, block i+1 reads the stream at the same input slot as block i did;
+- elsewhere (a change of block class, the run's exit) a block output continues the input it reaches
+  through its residual path: adds, gating products, dtype casts, and slices of concatenations.
+`hidden` is the stream that descends from the model's latents input; the others are `encoder` streams.
+
+A candidate is rejected (with the reason) when it is not a transformer-block run: blocks of mixed classes
+(an `nn.Sequential(Linear, SiLU, Linear)`), no stream carried from block to block, or streams that do not
+depend on the latents (a text refiner, an embedding MLP).
 
 Nothing here edits the graph.
 """
 
 from __future__ import annotations
 
+import operator
 import re
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 
 import torch
 from torch.fx import GraphModule, Node
 
-from .. import _compat
+from .graph_utils import ancestors, inputs_of, outputs_of, value_of, value_sig
 
 _INDEXED = re.compile(r"^(.*)\.(\d+)$")
 
@@ -39,23 +47,65 @@ class Block:
     def index(self) -> int:
         return int(_INDEXED.match(self.path).group(2))
 
-
-@dataclass
-class BlockRun:
-    blocks: list[Block]
-    streams: list[str] = field(default_factory=list)  # "hidden", "encoder", in slot order of block 0
-    pattern: str = "?"
+    @property
+    def inputs(self) -> list[Node]:
+        return inputs_of(self.nodes)
 
     @property
-    def containers(self) -> list[str]:
-        return list(dict.fromkeys(b.container for b in self.blocks))
+    def outputs(self) -> list[Node]:
+        return outputs_of(self.nodes)
 
-    def describe(self) -> str:
+
+@dataclass(frozen=True)
+class Stream:
+    """One carried tensor: `nodes[i]` enters block i; `nodes[-1]` leaves the run (None if nothing reads it)."""
+
+    name: str  # "hidden", "encoder", "encoder1", ...
+    nodes: tuple[Node | None, ...]
+
+
+@dataclass(frozen=True)
+class BlockRun:
+    blocks: tuple[Block, ...]
+    streams: tuple[Stream, ...]
+
+    @property
+    def lists(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(b.container for b in self.blocks))
+
+    @property
+    def hidden(self) -> Stream:
+        return next(s for s in self.streams if s.name == "hidden")
+
+    @property
+    def name(self) -> str:
+        """`transformer_blocks[0:19]+single_transformer_blocks[0:38]`: stable across graphs and shapes."""
         spans = []
-        for c in self.containers:
+        for c in self.lists:
             idx = [b.index for b in self.blocks if b.container == c]
             spans.append(f"{c}[{idx[0]}:{idx[-1] + 1}]")
-        return f"{' + '.join(spans)} ({len(self.blocks)} blocks, streams={'+'.join(self.streams)}, {self.pattern})"
+        return "+".join(spans)
+
+    def describe(self) -> str:
+        return f"{self.name} ({len(self.blocks)} blocks, streams={'+'.join(s.name for s in self.streams)})"
+
+    def split(self, lists: Collection[str]) -> BlockRun:
+        """The part of the run made of the blocks of `lists` (contiguous), with the same streams."""
+        keep = [i for i, b in enumerate(self.blocks) if b.container in lists]
+        lo, hi = keep[0], keep[-1] + 1
+        return BlockRun(self.blocks[lo:hi], tuple(Stream(s.name, s.nodes[lo:hi + 1]) for s in self.streams))
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A chain of indexed modules that is not a run of transformer blocks."""
+
+    name: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# blocks
 
 
 def normalize_path(source_path: str) -> str:
@@ -81,8 +131,7 @@ def find_blocks(gm: GraphModule) -> list[Block]:
     """Group graph nodes into blocks; stack-less nodes sandwiched inside one block join it."""
     body = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
     owner = [node_block(n) for n in body]
-    # stack-less nodes (e.g. autocast enter/exit) between two nodes of the same block belong to it
-    for i, o in enumerate(owner):
+    for i, o in enumerate(owner):  # e.g. autocast enter/exit inside a block have no module stack
         if o is None:
             prev = next((owner[j] for j in range(i - 1, -1, -1) if owner[j] is not None), None)
             nxt = next((owner[j] for j in range(i + 1, len(owner)) if owner[j] is not None), None)
@@ -108,193 +157,273 @@ def find_blocks(gm: GraphModule) -> list[Block]:
     return blocks
 
 
-def block_inputs(block: Block) -> list[Node]:
-    """Nodes outside the block that it reads, in order of first use."""
-    inside = set(block.nodes)
-    out: dict[Node, None] = {}
-    for n in block.nodes:
-        for a in n.all_input_nodes:
-            if a not in inside:
-                out.setdefault(a, None)
-    return list(out)
-
-
-def block_outputs(block: Block) -> list[Node]:
-    """Nodes of the block read outside it, in graph order."""
-    inside = set(block.nodes)
-    return [n for n in block.nodes if any(u not in inside for u in n.users)]
-
-
 def _flows_into(a: Block, b: Block) -> bool:
-    """True when every output of `a` is read by `b` (or later), and no node between them reads one."""
-    outs = block_outputs(a)
-    b_in = set(block_inputs(b))
+    """True when b reads an output of a, every output of a is read by b or later, and no node between
+    them reads one."""
+    outs = a.outputs
+    b_in = set(b.inputs)
     if not outs or not any(o in b_in for o in outs):
         return False
     inside_b = set(b.nodes)
-    a_end, b_start = a.nodes[-1], b.nodes[0]
     between: set[Node] = set()
-    n = a_end.next
-    while n is not b_start:
+    n = a.nodes[-1].next
+    while n is not b.nodes[0]:
         between.add(n)
         n = n.next
     return not any(u in between for o in outs for u in o.users if u not in inside_b)
 
 
-def find_runs(gm: GraphModule) -> list[BlockRun]:
-    """Maximal chains of blocks whose streams flow from one block straight into the next.
+# ---------------------------------------------------------------------------------------------------------
+# streams: which input of a block does an output continue
 
-    First each block list is cut into runs of consecutive blocks; then a run chains onto the previous
-    one when every stream entering it comes straight out of the previous run's last block (Flux's
-    single blocks continue the double blocks; HunyuanVideo's text refiner feeds only the encoder
-    stream of the double blocks, so it stays a run of its own).
-    """
+
+_ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul,
+                torch.div, "add", "sub", "mul", "div", "add_", "mul_"}
+_PASSTHROUGH = {"contiguous", "clone", "to", "float", "half", "bfloat16", "type_as", "type", torch.clone}
+
+
+def _hint(x) -> int | None:
+    """A concrete int for a size: an int, a SymInt's example hint, or a Node holding either."""
+    from .. import _compat
+
+    return _compat.size_hint(value_of(x) if isinstance(x, Node) else x)
+
+
+def _interval_size(node: Node, dim: int) -> int | None:
+    v = value_of(node)
+    return _hint(v.shape[dim]) if isinstance(v, torch.Tensor) and dim < v.dim() else None
+
+
+def residual_source(out: Node, block_nodes: Collection[Node], candidates: Collection[Node]) -> Node | None:
+    """The one `candidates` node (an input of the block) that `out` continues along its residual path
+    (see module docstring), or None when the path reaches none or several."""
+    inside = set(block_nodes)
+    found: set[Node] = set()
+    todo: list[tuple[Node, tuple | None]] = [(out, None)]  # (node, (dim, start, stop) slice of it or None)
+    seen: set = set()
+    while todo:
+        node, iv = todo.pop()
+        if (node, iv) in seen:
+            continue
+        seen.add((node, iv))
+        if node in candidates:
+            size = _interval_size(node, iv[0]) if iv else None
+            if iv is None or (iv[1] == 0 and iv[2] == size):
+                found.add(node)
+            continue
+        if node not in inside or node.op not in ("call_function", "call_method"):
+            continue
+        target, args = node.target, node.args
+        sig = value_sig(node)
+        if target in _ELEMENTWISE and sig is not None:
+            todo += [(a, iv) for a in args[:2] if isinstance(a, Node) and value_sig(a) is not None
+                     and value_sig(a)[0] == sig[0]]
+        elif target in _PASSTHROUGH and args and isinstance(args[0], Node):
+            todo.append((args[0], iv))
+        elif target is operator.getitem and isinstance(args[0], Node):
+            todo += _through_getitem(node, args[0], args[1], iv)
+        elif target in (torch.cat, torch.concat, "cat") and iv is not None:
+            parts, dim = args[0], (args[1] if len(args) > 1 else node.kwargs.get("dim", 0))
+            todo += _through_cat(parts, dim, sig, iv)
+    return next(iter(found)) if len(found) == 1 else None
+
+
+_SPLITS = {"split", "chunk", "split_with_sizes", torch.split, torch.chunk}
+
+
+def _through_getitem(node: Node, src: Node, index, iv) -> list[tuple[Node, tuple | None]]:
+    src_val = value_of(src)
+    if isinstance(src_val, (tuple, list)):  # a piece of split / chunk
+        if iv is not None or not isinstance(index, int) or src.target not in _SPLITS:
+            return []
+        base = src.args[0]
+        dim = _norm_dim(src.kwargs.get("dim", src.args[2] if len(src.args) > 2 else 0), base)
+        sizes = [_hint(p.shape[dim]) for p in src_val]
+        if None in sizes:
+            return []
+        start = sum(sizes[:index])
+        return [(base, (dim, start, start + sizes[index]))]
+    if not isinstance(src_val, torch.Tensor) or iv is not None:
+        return []
+    idx = index if isinstance(index, tuple) else (index,)
+    dims = [(d, s) for d, s in enumerate(idx) if not (isinstance(s, slice) and s == slice(None))]
+    if any(s is Ellipsis or not isinstance(s, slice) for _, s in dims) or len(dims) > 1:
+        return []
+    if not dims:
+        return [(src, None)]
+    d, s = dims[0]
+    size = _hint(src_val.shape[d])
+    start = _hint(s.start) if s.start is not None else 0
+    stop = _hint(s.stop) if s.stop is not None else size
+    if None in (start, stop, size) or s.step not in (None, 1):
+        return []
+    start, stop = (start + size if start < 0 else start), min(stop + size if stop < 0 else stop, size)
+    return [(src, (d, start, stop))]
+
+
+def _through_cat(parts, dim, sig, iv) -> list[tuple[Node, tuple | None]]:
+    d = dim % len(sig[0]) if sig else dim
+    if iv[0] != d:
+        return []
+    offset = 0
+    for p in parts:
+        size = _interval_size(p, d)
+        if size is None:
+            return []
+        if offset <= iv[1] and iv[2] <= offset + size:
+            return [(p, (d, iv[1] - offset, iv[2] - offset))]
+        offset += size
+    return []
+
+
+def _norm_dim(dim: int, node: Node) -> int:
+    v = value_of(node)
+    return dim % v.dim() if isinstance(v, torch.Tensor) else dim
+
+
+def continued_input(block: Block, nxt: Block | None, out: Node, streams_in: list[Node]) -> Node | None:
+    """Which of `streams_in` (inputs of `block`) the output `out` continues."""
+    if nxt is not None and nxt.cls is block.cls:
+        ins, ins_next = block.inputs, nxt.inputs
+        if len(ins) == len(ins_next) and out in ins_next:
+            src = ins[ins_next.index(out)]
+            return src if src in streams_in else None
+    return residual_source(out, block.nodes, streams_in)
+
+
+def _same_position(prev: Block, prev_out: Node, block: Block) -> Node | None:
+    """The node of `block` at the position `prev_out` has in `prev` (same class, same code)."""
+    if prev.cls is not block.cls or len(prev.nodes) != len(block.nodes) or prev_out not in prev.nodes:
+        return None
+    node = block.nodes[prev.nodes.index(prev_out)]
+    return node if node.target == prev_out.target and node in set(block.outputs) else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# runs
+
+
+def _list_runs(blocks: list[Block]) -> list[list[Block]]:
     runs: list[list[Block]] = []
-    for blk in find_blocks(gm):
+    for blk in blocks:
         prev = runs[-1][-1] if runs else None
         if prev is not None and prev.container == blk.container and blk.index == prev.index + 1 \
                 and _flows_into(prev, blk):
             runs[-1].append(blk)
         else:
             runs.append([blk])
+    return runs
+
+
+def _carried(a: Block, b: Block) -> list[Node]:
+    b_in = set(b.inputs)
+    return [o for o in a.outputs if o in b_in]
+
+
+def _trace_streams(blocks: list[Block]) -> list[list[Node | None]] | str:
+    """Per stream, the node entering each block and the one leaving the run; or why it cannot be done."""
+    if len(blocks) < 2:
+        return "a single block"
+    entry_out = _carried(blocks[0], blocks[1])
+    if not entry_out:
+        return "no tensor is carried from block to block"
+    ins0 = blocks[0].inputs
+    entries = [continued_input(blocks[0], blocks[1], o, ins0) for o in entry_out]
+    if None in entries or len(set(entries)) != len(entries):
+        return f"cannot tell which input of {blocks[0].path} each carried output continues"
+    paths = [[e, o] for e, o in zip(entries, entry_out)]
+    for i in range(1, len(blocks)):
+        blk, nxt = blocks[i], blocks[i + 1] if i + 1 < len(blocks) else None
+        current = [p[-1] for p in paths]
+        step: dict[Node, Node] = {}
+        if nxt is None:  # the run's exit: by the previous block of the same code, else by residual path
+            for p in paths:
+                out = _same_position(blocks[i - 1], p[-1], blk) if p[-1] is not None else None
+                if out is not None:
+                    step[p[-1]] = out
+        for o in (_carried(blk, nxt) if nxt is not None else blk.outputs):
+            if o in step.values():
+                continue
+            src = continued_input(blk, nxt, o, current)
+            if src is None and nxt is None:
+                continue  # an output of the last block that continues no stream (read by the model's tail)
+            if src is None or src in step:
+                return f"cannot tell which stream {blk.path} output {o.name} continues"
+            step[src] = o
+        if nxt is not None and len(step) != len(current):
+            return f"{blk.path} does not hand every stream on to {nxt.path}"
+        for p in paths:
+            p.append(step.get(p[-1]))
+    return paths
+
+
+def _chains(a: list[Block], b: list[Block]) -> bool:
+    """b continues a: b is a list starting at index 0 and every stream entering it comes straight out of
+    a's last block."""
+    if b[0].index != 0 or not _flows_into(a[-1], b[0]):
+        return False
+    outs = set(a[-1].outputs)
+    entry = [n for n in b[0].inputs if n in outs]
+    if len(b) >= 2:
+        traced = _trace_streams(b)
+        if isinstance(traced, str):
+            return False
+        entry = [p[0] for p in traced]
+    return bool(entry) and all(n in outs for n in entry)
+
+
+def _name_streams(paths: list[list[Node | None]], hidden_inputs: Collection[Node]) -> list[str] | None:
+    """"hidden" for the stream that descends from the latents (or the largest, if the latents input is
+    unknown), "encoder"... for the rest; None if no stream depends on the latents."""
+    if hidden_inputs:
+        hits = [k for k, p in enumerate(paths) if set(hidden_inputs) & (ancestors(p[0]) | {p[0]})]
+        if not hits:
+            return None
+    else:
+        hits = list(range(len(paths)))
+    sizes = {k: (value_of(paths[k][0]).numel() if isinstance(value_of(paths[k][0]), torch.Tensor) else 0)
+             for k in hits}
+    h = max(hits, key=lambda k: (_hint(sizes[k]) or 0, -k))
+    names, n_enc = [], 0
+    for k in range(len(paths)):
+        if k == h:
+            names.append("hidden")
+        else:
+            names.append("encoder" if n_enc == 0 else f"encoder{n_enc}")
+            n_enc += 1
+    return names
+
+
+def find_runs(gm: GraphModule, hidden_inputs: Collection[Node] = ()) -> tuple[list[BlockRun], list[Rejected]]:
+    """The graph's runs of transformer blocks, and the chains of indexed modules that are not.
+
+    Args:
+        hidden_inputs: the placeholders of the model's latents input (its first argument); the stream
+            descending from them is `hidden`. Empty: the largest carried stream is `hidden`.
+    """
     chained: list[list[Block]] = []
-    for r in runs:
+    for r in _list_runs(find_blocks(gm)):
         if chained and _chains(chained[-1], r):
             chained[-1].extend(r)
         else:
             chained.append(r)
-    result = [BlockRun(r) for r in chained if len(r) >= 2]
-    for run in result:
-        _annotate_streams(gm, run)
-    return result
-
-
-def _chains(a: list[Block], b: list[Block]) -> bool:
-    if b[0].index != 0 or not _flows_into(a[-1], b[0]):
-        return False
-    outs = set(block_outputs(a[-1]))
-    entry = carried_entry(BlockRun(b)) if len(b) >= 2 else [n for n in block_inputs(b[0]) if n in outs]
-    return bool(entry) and all(n in outs for n in entry)
-
-
-def main_run(runs: list[BlockRun]) -> BlockRun:
-    """The run with the most blocks (first one on ties): the denoising trunk."""
-    return max(runs, key=lambda r: len(r.blocks))
-
-
-# ---------------------------------------------------------------------------------------------
-# streams
-
-
-def _val(n: Node):
-    return n.meta.get("example_value", n.meta.get("val"))
-
-
-def _sig(n: Node) -> tuple | None:
-    v = _val(n)
-    if not isinstance(v, torch.Tensor):
-        return None
-    return tuple(v.shape), v.dtype
-
-
-def carried_entry(run: BlockRun) -> list[Node]:
-    """Stream values entering the run's first block, in its input-slot order.
-
-    Block 1 reads block 0's outputs at some input slots (order of first use); block 0 read its own
-    streams at the same slots. This pairs by wiring, not by shape (LTX's RoPE has the hidden shape).
-    """
-    b0, b1 = run.blocks[0], run.blocks[1]
-    ins0, ins1 = block_inputs(b0), block_inputs(b1)
-    outs0 = set(block_outputs(b0))
-    slots = [k for k, n in enumerate(ins1) if n in outs0]
-    if len(ins0) == len(ins1) and b0.cls is b1.cls:
-        return [ins0[k] for k in slots]
-    # different block types: fall back to shape matching
-    out_sigs = [_sig(ins1[k]) for k in slots]
-    return [next(n for n in ins0 if _sig(n) == s) for s in out_sigs if any(_sig(n) == s for n in ins0)]
-
-
-def _ancestors(n: Node) -> set[Node]:
-    seen: set[Node] = set()
-    todo = [n]
-    while todo:
-        x = todo.pop()
-        for a in x.all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                todo.append(a)
-    return seen
-
-
-def hidden_slot(gm: GraphModule, entry: list[Node], hidden_input: str | None) -> int:
-    """Which entry stream is `hidden`: the one descending from the model's first input (the latents);
-    failing that, the largest."""
-    if hidden_input is not None:
-        roots = [p for p in gm.graph.nodes if p.op == "placeholder" and _source_key(p) == hidden_input]
-        hits = [k for k, n in enumerate(entry) if roots and roots[0] in _ancestors(n) | {n}]
-        if len(hits) == 1:
-            return hits[0]
-    sizes = [(_val(n).numel() if isinstance(_val(n), torch.Tensor) else 0) for n in entry]
-    return max(range(len(entry)), key=lambda k: (sizes[k], -k))
-
-
-def _source_key(p: Node) -> str | None:
-    name = _compat.dynamo_source_name(p)
-    if name is None:
-        return None
-    keys = re.findall(r"\[['\"]([^'\"]+)['\"]\]", name)
-    return keys[-1] if keys else name
-
-
-def find_placeholder(gm: GraphModule, names: tuple[str, ...]) -> Node | None:
-    for p in gm.graph.nodes:
-        if p.op == "placeholder" and _source_key(p) in names:
-            return p
-    return None
-
-
-def _annotate_streams(gm: GraphModule, run: BlockRun) -> None:
-    entry = carried_entry(run)
-    hidden_input = gm.meta.get("dit_cache_fx_hidden_input")
-    h = hidden_slot(gm, entry, hidden_input) if entry else 0
-    run.streams = ["hidden" if k == h else "encoder" for k in range(len(entry))]
-    run.pattern = infer_pattern(run)
-
-
-def infer_pattern(run: BlockRun) -> str:
-    """cache-dit's ForwardPattern vocabulary, from the dataflow between blocks.
-
-    1 carried stream → P3 (block(h) → h) or P2 when the blocks also read a constant encoder input;
-    2 carried streams → P0 (returns h, e) or P1 (returns e, h), the order read from the block's
-    `return` statement when its source is available (the graph itself has no tuple order).
-    """
-    if len(run.streams) <= 1:
-        return "P2" if _reads_encoder_constant(run) else "P3"
-    order = _return_order(run.blocks[0].cls)
-    return {"he": "P0", "eh": "P1"}.get(order, "P0|P1")
-
-
-def _reads_encoder_constant(run: BlockRun) -> bool:
-    """Does a block read a constant (non-carried) value computed from the `encoder_hidden_states` input?"""
-    b = run.blocks[len(run.blocks) // 2]
-    carried = {o for blk in run.blocks for o in block_outputs(blk)}
-    for n in block_inputs(b):
-        if n in carried:
+    runs, rejected = [], []
+    for blocks in chained:
+        name = BlockRun(tuple(blocks), ()).name
+        if len(blocks) < 2:
             continue
-        if any(a.op == "placeholder" and _source_key(a) == "encoder_hidden_states" for a in _ancestors(n) | {n}):
-            return True
-    return False
-
-
-def _return_order(cls: type | None) -> str:
-    import inspect
-
-    try:
-        src = inspect.getsource(cls.forward)
-    except (TypeError, OSError, AttributeError):
-        return "?"
-    rets = re.findall(r"return\s+\(?\s*(\w+)\s*,\s*(\w+)", src)
-    if not rets:
-        return "?"
-    first = rets[-1][0]
-    return "eh" if "encoder" in first or "context" in first or first.startswith(("txt", "text")) else "he"
+        classes = {c: {b.cls for b in blocks if b.container == c} for c in dict.fromkeys(b.container for b in blocks)}
+        mixed = [c for c, cls in classes.items() if len(cls) > 1]
+        if mixed:
+            rejected.append(Rejected(name, f"{mixed[0]} holds modules of several classes, not repeated blocks"))
+            continue
+        paths = _trace_streams(blocks)
+        if isinstance(paths, str):
+            rejected.append(Rejected(name, paths))
+            continue
+        names = _name_streams(paths, hidden_inputs)
+        if names is None:
+            rejected.append(Rejected(name, "its streams do not depend on the latents input (not the denoiser)"))
+            continue
+        runs.append(BlockRun(tuple(blocks), tuple(Stream(n, tuple(p)) for n, p in zip(names, paths))))
+    return runs, rejected

@@ -1,10 +1,10 @@
 """Analysis only: cut a block run into Fn | Mn | Bn and describe the Mn region to rewrite.
 
-The region is every node from the first Mn node to the last one. Its carried inputs are the streams
-the last Fn block hands over; its outputs are paired with them so that `output - input` is the Mn
-residual of each stream. Values computed inside the span that do not depend on the streams but are
-read after it (a top-level embedding computed between blocks, say) are hoisted in front of it, so
-they exist on cached steps too.
+The region is every node from the first Mn node to the last one. It reads the streams entering the first
+Mn block and hands on the streams leaving the last one, so `out − in` is the Mn residual of each stream
+(paired by the run's stream tracing, `blocks.Stream`; equal shapes are only checked). Values computed
+inside the span that do not depend on the streams but are read after it (an embedding computed between
+blocks, say) are hoisted in front of it, so they exist on cached steps too.
 """
 
 from __future__ import annotations
@@ -13,106 +13,109 @@ from dataclasses import dataclass
 
 from torch.fx import GraphModule, Node
 
-from .blocks import BlockRun, _sig, block_inputs, block_outputs, carried_entry, find_placeholder
-
-TIMESTEP_NAMES = ("timestep", "timesteps")
-
-
-class CachePlanError(ValueError):
-    """The graph cannot be cut as asked (bad Fn/Bn for the run, unsupported dataflow)."""
+from ..config import CacheConfig
+from ..errors import CachePlanError
+from .blocks import BlockRun
+from .graph_utils import inputs_of, ordered, value_sig
 
 
-@dataclass
+@dataclass(frozen=True)
+class StreamPlan:
+    """A stream cached by the region: `region_out − region_in` is its Mn residual."""
+
+    name: str
+    region_in: Node
+    region_out: Node
+    order: int  # TaylorSeer order (0: the plain residual)
+
+
+@dataclass(frozen=True)
 class RegionPlan:
+    name: str  # the run's (or run part's) name, e.g. "single_transformer_blocks[0:38]"
     run: BlockRun
-    Fn: int
-    Bn: int
-    region: list[Node]  # Mn nodes, graph order
-    hoist: list[Node]  # stream-independent nodes of the span read after it
-    stream_in: list[Node]  # carried inputs with a paired output, stream order
-    stream_out: list[Node]  # paired region outputs
-    stream_names: list[str]  # "hidden" / "encoder"
-    ext_in: list[Node]  # everything else the region reads
+    config: CacheConfig
+    nodes: tuple[Node, ...]  # the Mn region, graph order
+    hoist: tuple[Node, ...]  # stream-independent nodes of the span read after it
+    streams: tuple[StreamPlan, ...]
+    ext_in: tuple[Node, ...]  # everything else the region reads
     fn_entry: Node  # hidden stream entering the run
     fn_out: Node  # hidden stream after the Fn blocks
-    timestep: Node
+
+    @property
+    def Fn(self) -> int:
+        return self.config.Fn_compute_blocks
+
+    @property
+    def Bn(self) -> int:
+        return self.config.Bn_compute_blocks
 
     @property
     def Mn(self) -> int:
         return len(self.run.blocks) - self.Fn - self.Bn
 
+    def split_text(self) -> str:
+        names = [b.path for b in self.run.blocks]
+        part = lambda lo, hi: f"[{names[lo]}..{names[hi - 1]}]" if hi > lo else ""  # noqa: E731
+        N, Fn, Bn = len(names), self.Fn, self.Bn
+        return (f"Fn={Fn} {part(0, Fn)} | Mn={self.Mn} {part(Fn, N - Bn)} | Bn={Bn} {part(N - Bn, N)}".rstrip()
+                + f"; streams cached: {', '.join(s.name for s in self.streams)}")
 
-def plan_region(gm: GraphModule, run: BlockRun, Fn: int, Bn: int, timestep_arg: str | None = None) -> RegionPlan:
-    N = len(run.blocks)
+
+def plan_region(gm: GraphModule, run: BlockRun, config: CacheConfig) -> RegionPlan:
+    """The region of `run` under `config`, or `CachePlanError` saying why it cannot be cut."""
+    N, Fn, Bn = len(run.blocks), config.Fn_compute_blocks, config.Bn_compute_blocks
     if Fn + Bn >= N:
-        raise CachePlanError(
-            f"Fn={Fn} + Bn={Bn} leaves no middle blocks to cache in {run.describe()}: need Fn + Bn < {N}")
-    names = (timestep_arg,) if timestep_arg else TIMESTEP_NAMES
-    timestep = find_placeholder(gm, names)
-    if timestep is None:
-        raise CachePlanError(
-            f"no tensor input named {' or '.join(names)} in the traced graph; the cache needs the timestep to "
-            "count steps: pass CacheConfig(timestep_arg=...) naming the model's timestep argument "
-            "(and pass it as a tensor)")
-
+        raise CachePlanError(f"Fn={Fn} + Bn={Bn} leaves no middle blocks to cache in {run.describe()}: "
+                             f"need Fn + Bn < {N}")
     mn = run.blocks[Fn:N - Bn]
-    first, last = mn[0].nodes[0], mn[-1].nodes[-1]
     span: list[Node] = []
-    n = first
+    n = mn[0].nodes[0]
     while True:
         span.append(n)
-        if n is last:
+        if n is mn[-1].nodes[-1]:
             break
         n = n.next
     span_set = set(span)
 
-    last_fn = run.blocks[Fn - 1]
-    fn_outs = set(block_outputs(last_fn))
-    carried = [x for x in _inputs_of(span) if x in fn_outs]
-
-    # stream dependence inside the span
-    dep: set[Node] = set(carried)
+    carried = {s.nodes[Fn]: s for s in run.streams if s.nodes[Fn] is not None}
+    dep: set[Node] = set(carried)  # nodes of the span that depend on a stream
     for x in span:
         if any(a in dep for a in x.all_input_nodes):
             dep.add(x)
     used_after = [x for x in span if any(u not in span_set for u in x.users)]
-    hoist_roots = [x for x in used_after if x not in dep]
-    hoist = _with_span_ancestors(hoist_roots, span_set)
-    region = [x for x in span if x not in set(hoist)]
+    hoist = _with_span_ancestors([x for x in used_after if x not in dep], span_set, gm)
+    hoist_set = set(hoist)
+    region = [x for x in span if x not in hoist_set]
     region_set = set(region)
     outputs = [x for x in region if any(u not in region_set for u in x.users)]
 
-    consumer = run.blocks[N - Bn] if Bn else None
-    stream_in, stream_out = _pair(carried, outputs, run.blocks[Fn], consumer)
-    unpaired = [o for o in outputs if o not in stream_out]
-    if unpaired:
+    exits = {s.nodes[N - Bn]: s for s in run.streams if s.nodes[N - Bn] is not None}
+    stray = [o for o in outputs if o not in exits]
+    if stray:
         raise CachePlanError(
-            f"the middle blocks of {run.describe()} produce {[o.name for o in unpaired]} for later use, which "
-            "is not a carried stream of the same shape as an input; this run cannot be cached as a residual")
-
-    entry = carried_entry(run)
-    h = run.streams.index("hidden") if "hidden" in run.streams else 0
-    fn_entry = entry[h]
-    fn_out = next((c for c in carried if _sig(c) == _sig(fn_entry)), None)
-    if fn_out is None:
-        raise CachePlanError(f"cannot find the hidden stream after the first {Fn} blocks of {run.describe()}")
-    stream_names = ["hidden" if s is fn_out else "encoder" for s in stream_in]
-    ext_in = [x for x in _inputs_of(region) if x not in set(stream_in)]
-    return RegionPlan(run, Fn, Bn, region, hoist, stream_in, stream_out, stream_names, ext_in, fn_entry, fn_out,
-                      timestep)
-
-
-def _inputs_of(nodes: list[Node]) -> list[Node]:
-    inside = set(nodes)
-    out: dict[Node, None] = {}
-    for n in nodes:
-        for a in n.all_input_nodes:
-            if a not in inside:
-                out.setdefault(a, None)
-    return list(out)
+            f"the middle blocks of {run.describe()} produce {[o.name for o in stray]} for later use, which is not "
+            "a carried stream; this run cannot be cached as a residual")
+    streams = []
+    for s in run.streams:
+        x_in, x_out = s.nodes[Fn], s.nodes[N - Bn]
+        if x_in is None or x_out is None or x_out not in outputs:
+            continue
+        if value_sig(x_in) != value_sig(x_out):
+            raise CachePlanError(f"stream {s.name} of {run.describe()} enters the middle blocks as {value_sig(x_in)} "
+                                 f"but leaves as {value_sig(x_out)}: no residual to cache")
+        streams.append(StreamPlan(s.name, x_in, x_out, config.taylor_order_for(s.name)))
+    if not streams:
+        raise CachePlanError(f"no stream of {run.describe()} passes through its middle blocks")
+    hidden = run.hidden
+    fn_entry, fn_out = hidden.nodes[0], hidden.nodes[Fn]
+    if fn_out is None or value_sig(fn_entry) != value_sig(fn_out):
+        raise CachePlanError(f"the hidden stream of {run.describe()} changes shape in the first {Fn} blocks: "
+                             "no Fn residual to compare")
+    ext_in = tuple(x for x in inputs_of(region) if x not in {s.region_in for s in streams})
+    return RegionPlan(run.name, run, config, tuple(region), tuple(hoist), tuple(streams), ext_in, fn_entry, fn_out)
 
 
-def _with_span_ancestors(roots: list[Node], span: set[Node]) -> list[Node]:
+def _with_span_ancestors(roots: list[Node], span: set[Node], gm: GraphModule) -> list[Node]:
     keep: set[Node] = set()
     todo = list(roots)
     while todo:
@@ -121,28 +124,4 @@ def _with_span_ancestors(roots: list[Node], span: set[Node]) -> list[Node]:
             continue
         keep.add(x)
         todo.extend(x.all_input_nodes)
-    return [x for x in _ordered(span) if x in keep]
-
-
-def _ordered(nodes: set[Node]) -> list[Node]:
-    if not nodes:
-        return []
-    graph = next(iter(nodes)).graph
-    return [n for n in graph.nodes if n in nodes]
-
-
-def _pair(ins: list[Node], outs: list[Node], first_mn, consumer) -> tuple[list[Node], list[Node]]:
-    """Pair carried inputs with region outputs by (shape, dtype); ties in slot order."""
-    ins_order = block_inputs(first_mn)
-    ins = sorted(ins, key=lambda n: ins_order.index(n) if n in ins_order else len(ins_order))
-    if consumer is not None:
-        c_order = block_inputs(consumer)
-        outs = sorted(outs, key=lambda n: c_order.index(n) if n in c_order else len(c_order))
-    pairs_in, pairs_out, used = [], [], set()
-    for i in ins:
-        o = next((o for o in outs if o not in used and _sig(o) == _sig(i)), None)
-        if o is not None:
-            used.add(o)
-            pairs_in.append(i)
-            pairs_out.append(o)
-    return pairs_in, pairs_out
+    return ordered(keep, gm.graph)

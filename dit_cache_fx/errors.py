@@ -1,0 +1,17 @@
+"""The package's exceptions: all catchable as `DitCacheError` (a ValueError)."""
+
+
+class DitCacheError(ValueError):
+    """Base class of dit_cache_fx's errors."""
+
+
+class CachePlanError(DitCacheError):
+    """The graph cannot be cut as asked (bad Fn/Bn for the model's runs, no timestep, unsupported dataflow)."""
+
+
+class NoBlockRunError(DitCacheError):
+    """The traced model has no run of repeated transformer blocks to cache."""
+
+
+class ShapeChangedError(DitCacheError):
+    """The latents changed shape in the middle of a generation."""

@@ -1,0 +1,170 @@
+"""Mutation: rewrite the Mn region of a plan into a `torch.cond`-guarded cache region.
+
+Before (Fn=1, Bn=0, two streams; names shortened)::
+
+    h1, e1 = <block 0 nodes>(h0, e0, temb, rope, params0)
+    h2, e2 = <block 1 nodes>(h1, e1, temb, rope, params1)        # Mn
+    h3, e3 = <block 2 nodes>(h2, e2, temb, rope, params2)        # Mn
+    out = norm_out(h3) ...
+
+After (`r0` is the region's id; `ctx`, `pol`, `st` the state placeholders of `runtime.layout`)::
+
+    h1, e1 = <block 0 nodes>(h0, e0, temb, rope, params0)
+    use_cache, b, gap, n_valid = policy.decide(ctx={...}, policy={...r0 pol...}, state={...r0 st...}, h0, h1)
+    fh, fe = taylor.pick(r0_st_factors_0, b), taylor.pick(r0_st_factors_1, b)
+    r = cond(use_cache, r0_cached, r0_compute, (h1, e1, fh, fe, gap, n_valid, temb, rope, params1, params2))
+    h3, e3 = r[0], r[1]
+    taylor.store(r0_st_factors_0, b, r[2]); taylor.store(r0_st_factors_1, b, r[3])
+    out = norm_out(h3) ...
+
+    r0_compute: h3, e3 = <blocks 1-2>; returns h3, e3, update_factors(fh, h3 - h1, ...), ...
+    r0_cached:  returns apply_factors(h1, fh, gap), apply_factors(e1, fe, gap), fh.clone(), fe.clone()
+
+Steps: hoist → extract the branches → insert decide / pick / cond / store → rewire the region's outputs →
+erase the region (reverse order) → lint. New nodes get value meta from `propagate_values` (run by the
+pipeline); none of them gets the blocks' `nn_module_stack`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+
+import torch
+from torch.fx import Graph, GraphModule, Node
+
+from .. import _compat
+from ..runtime import policy, taylor
+from ..runtime.layout import COUNTERS
+from .graph_utils import value_of
+from .plan import RegionPlan
+
+_DROP_META = ("nn_module_stack", "source_fn_stack", "stack_trace", "from_node")
+
+
+def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str, Node], pol: Mapping[str, Node],
+                   state: Mapping[str, Node], group: str | None = None) -> list[Node]:
+    """Rewrite `plan.nodes` of `gm` in place as region `rid`; returns the new nodes (graph order).
+
+    `ctx`, `pol`, `state`: placeholder nodes by slot name (`state` has `factors_<k>` per cached stream)."""
+    graph = gm.graph
+    first = plan.nodes[0]
+    for n in plan.hoist:  # stream-independent values read after the span: compute them first
+        first.prepend(n)
+    gm.add_submodule(f"{rid}_compute", _compute_branch(plan))
+    gm.add_submodule(f"{rid}_cached", _cached_branch(plan))
+    factors = [state[f"factors_{k}"] for k in range(len(plan.streams))]
+
+    new: list[Node] = []
+    with graph.inserting_before(first):
+        def call(fn, *args, **kwargs) -> Node:
+            node = graph.call_function(fn, args, kwargs)
+            new.append(node)
+            return node
+
+        counters = {k: state[k] for k in (*COUNTERS, "anchor", "log", "log_pos")}
+        decided = call(policy.decide, dict(ctx), dict(pol), counters, plan.fn_entry, plan.fn_out,
+                       plan.config.taylorseer_order, group)
+        use_cache, branch, gap, n_valid = (call(operator.getitem, decided, i) for i in range(4))
+        picked = [call(taylor.pick, f, branch) for f in factors]
+        operands = [*_safe_operands(graph, [s.region_in for s in plan.streams], new), *picked, gap, n_valid,
+                    *_safe_operands(graph, list(plan.ext_in), new)]
+        true_attr, false_attr = graph.get_attr(f"{rid}_cached"), graph.get_attr(f"{rid}_compute")
+        cond = call(torch.ops.higher_order.cond, use_cache, true_attr, false_attr, tuple(operands))
+        # its value, without running a branch on fake tensors: contiguous stream outputs, then factor stacks
+        cond.meta["dcf_value_like"] = [value_of(s.region_out) for s in plan.streams] + picked
+        n = len(plan.streams)
+        outs = [call(operator.getitem, cond, i) for i in range(2 * n)]
+        for k in range(n):
+            call(taylor.store, factors[k], branch, outs[n + k])
+
+    region = set(plan.nodes)
+    for k, s in enumerate(plan.streams):  # everything after the region now reads the cond's outputs
+        s.region_out.replace_all_uses_with(outs[k], delete_user_cb=lambda u: u not in region)
+    for node in reversed(plan.nodes):
+        graph.erase_node(node)
+    graph.lint()
+    return new
+
+
+def _safe_operands(graph: Graph, nodes: list[Node], new: list[Node]) -> list[Node]:
+    """cond operands may not alias each other and inductor wants them contiguous: clone where needed."""
+    by_storage: dict = {}
+    for n in nodes:
+        v = value_of(n)
+        if isinstance(v, torch.Tensor) and n.op != "placeholder":
+            by_storage.setdefault(_compat.storage_key(v), []).append(n)
+    shared = {n for group in by_storage.values() if len(group) > 1 for n in group}
+    out = []
+    for n in nodes:
+        v = value_of(n)
+        if isinstance(v, torch.Tensor) and n.op != "placeholder" and (n in shared or not v.is_contiguous()):
+            c = graph.call_method("clone", (n,), {"memory_format": torch.contiguous_format})
+            new.append(c)
+            out.append(c)
+        else:
+            out.append(n)
+    return out
+
+
+def _branch_inputs(g: Graph, plan: RegionPlan) -> tuple[list[Node], list[Node], Node, Node, dict[Node, Node]]:
+    ins = [g.placeholder(f"stream_{s.name}") for s in plan.streams]
+    stacks = [g.placeholder(f"factors_{s.name}") for s in plan.streams]
+    gap, n_valid = g.placeholder("gap"), g.placeholder("n_valid")
+    env = {s.region_in: p for s, p in zip(plan.streams, ins)}
+    for i, x in enumerate(plan.ext_in):
+        env[x] = g.placeholder(f"ext{i}")
+    for old, p in env.items():
+        p.meta = {k: v for k, v in old.meta.items() if k not in _DROP_META}
+    return ins, stacks, gap, n_valid, env
+
+
+def _contiguous(g: Graph, n: Node) -> Node:
+    return g.call_method("clone", (n,), {"memory_format": torch.contiguous_format})
+
+
+def _compute_branch(plan: RegionPlan) -> GraphModule:
+    g = Graph()
+    ins, stacks, gap, n_valid, env = _branch_inputs(g, plan)
+    for n in plan.nodes:
+        env[n] = g.node_copy(n, lambda x: env[x])
+    outs, new_stacks = [], []
+    for k, s in enumerate(plan.streams):
+        out = _contiguous(g, env[s.region_out])
+        residual = g.call_function(operator.sub, (out, ins[k]))
+        outs.append(out)
+        new_stacks.append(g.call_function(taylor.update_factors, (stacks[k], residual, gap, n_valid, s.order)))
+    g.output(tuple(outs + new_stacks))
+    return GraphModule(torch.nn.Module(), g)
+
+
+def _cached_branch(plan: RegionPlan) -> GraphModule:
+    g = Graph()
+    ins, stacks, gap, n_valid, env = _branch_inputs(g, plan)
+    outs = [g.call_function(taylor.apply_factors, (ins[k], stacks[k], gap, s.order)) for k, s in enumerate(plan.streams)]
+    keep = [_contiguous(g, s) for s in stacks]
+    g.output(tuple(outs + keep))
+    return GraphModule(torch.nn.Module(), g)
+
+
+def propagate_values(gm: GraphModule, nodes: list[Node], fake_mode) -> None:
+    """Give each of `nodes` (new, in graph order) its value meta `val`, by running its target on the fake
+    values of its inputs (placeholders and earlier nodes must have theirs). A cond's value is made from the
+    values it stands for (`meta["dcf_value_like"]`), not by tracing its branches again."""
+    def val(a):
+        if isinstance(a, Node):
+            return getattr(gm, a.target) if a.op == "get_attr" else value_of(a)
+        return a
+
+    with fake_mode:
+        for node in nodes:
+            like = node.meta.pop("dcf_value_like", None)
+            if like is not None:
+                node.meta["val"] = tuple(torch.empty_like(val(x), memory_format=torch.contiguous_format) for x in like)
+                continue
+            args = torch.fx.node.map_aggregate(node.args, val)
+            kwargs = torch.fx.node.map_aggregate(node.kwargs, val)
+            if node.op == "call_method":
+                node.meta["val"] = getattr(args[0], node.target)(*args[1:], **kwargs)
+            else:
+                node.meta["val"] = node.target(*args, **kwargs)

@@ -1,0 +1,43 @@
+"""The cached residual of a stream: stored after a computed step, served (or forecast) on a cached one.
+
+Per stream the region keeps a stack `[K+1, *stream]`: the Mn residual and its K divided differences over
+computed steps (TaylorSeer; K = 0 is plain DBCache, the stack is just the residual).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..kernels import taylor_forecast, taylor_update
+from .registry import in_graph
+
+
+@in_graph
+def update_factors(factors: Tensor, residual: Tensor, gap: Tensor, n_valid: Tensor, order: int) -> Tensor:
+    """The stack after a computed step whose Mn residual is `residual` (`gap` steps after the last one)."""
+    if order == 0:
+        return residual.unsqueeze(0).to(factors.dtype)
+    return taylor_update(factors, residual, gap, n_valid)
+
+
+@in_graph
+def apply_factors(base: Tensor, factors: Tensor, gap: Tensor, order: int) -> Tensor:
+    """`base` + the residual `gap` steps after the last computed step (its Taylor forecast for order > 0)."""
+    if order == 0:
+        return (base + factors[0]).contiguous()
+    return taylor_forecast(base, factors, gap)
+
+
+@in_graph
+def pick(stack: Tensor, branch: Tensor) -> Tensor:
+    """The branch's slice of a per-branch state tensor (a copy: cond operands must not alias)."""
+    return stack.index_select(0, branch.view(1)).squeeze(0)
+
+
+@in_graph
+def store(stack: Tensor, branch: Tensor, value: Tensor) -> None:
+    """Write the branch's slice of a per-branch state tensor, in place."""
+    stack.index_copy_(0, branch.view(1), value.unsqueeze(0).to(stack.dtype))
+
+
+__all__ = ["apply_factors", "pick", "store", "update_factors"]
