@@ -170,3 +170,10 @@ def graph_break_reasons() -> list[str]:
     from torch._dynamo.utils import counters
 
     return [str(r).splitlines()[0] for r in counters["graph_break"]]
+
+
+def dynamo_patch(**changes: Any):
+    """A `torch._dynamo.config.patch(...)` context (read when Dynamo traces)."""
+    import torch._dynamo.config as dynamo_config
+
+    return dynamo_config.patch(**changes)

@@ -74,11 +74,19 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
 
 def _forward(handle: CacheHandle, dynamo_forward):
     failed = _compat.backend_compiler_failed()
+    # with dynamic shapes Dynamo makes module float attributes (norm eps) symbolic graph inputs; inside a cond
+    # branch they become unbacked floats that AOTAutograd cannot trace through: keep them constants, as static
+    # shapes do
+    tracing = (lambda: _compat.dynamo_patch(specialize_float=True)) if handle.dynamic is not False else None
 
     def forward(*args, **kwargs):
         handle.begin_call(args, kwargs)
         try:
-            out = dynamo_forward(*args, **kwargs)
+            if tracing is None:
+                out = dynamo_forward(*args, **kwargs)
+            else:
+                with tracing():
+                    out = dynamo_forward(*args, **kwargs)
         except failed as e:  # our own errors reach the user as themselves, not wrapped by Dynamo
             if isinstance(e.inner_exception, DitCacheError):
                 raise e.inner_exception from None
