@@ -94,9 +94,12 @@ def check_graph(gm: GraphModule, regions: dict[str, set[str]] | None = None, new
     conds = [n for n in gm.graph.nodes if is_cond(n)]
     for c in conds:
         operands = [o for o in c.args[3] if isinstance(value_of(o), torch.Tensor)]
-        keys = [_compat.storage_key(value_of(o)) for o in operands if o.op != "placeholder"]
-        if len(keys) != len(set(keys)):
-            raise GraphCheckError(f"operands of {c.name} share storage: {[o.name for o in operands]}")
+        seen: dict = {}
+        for o in operands:
+            if o.op != "placeholder":
+                other = seen.setdefault(_compat.storage_key(value_of(o)), o)
+                if other is not o:
+                    raise GraphCheckError(f"operands {other.name} and {o.name} of {c.name} share storage")
         for branch in branch_modules(gm, c):
             branch.graph.lint()
     for attr, blocks in (regions or {}).items():

@@ -1,6 +1,6 @@
 """The pass pipeline for one Dynamo graph, in a fixed order (passes/README.md):
 
-    find_runs → plan_region per run (or run part) → add the state inputs → rewrite_region per region →
+    find_runs → plan_region per run (or run part) → per region: add its state inputs, rewrite_region,
     propagate_values → check_graph
 
 A run that cannot be cut (too short for Fn + Bn, not a residual stream, ...) is skipped with its reason;
@@ -22,7 +22,7 @@ from ..runtime.layout import RegionDims, RegionPolicy, RegionState, StateGroup, 
 from .blocks import BlockRun, Rejected, find_runs
 from .graph_utils import check_graph, ordered, placeholders, value_of
 from .plan import RegionPlan, plan_region
-from .rewrite import propagate_values, rewrite_region
+from .rewrite import propagate_values, remap_plan, rewrite_region
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,17 @@ def run_passes(gm: GraphModule, specs: RunSpecs, hidden_inputs: Collection[Node]
     device = value_of(plans[0].fn_out).device
     ctx = _add_inputs(gm, record, StepContext, None, device, None, fake_mode)
     new: list[Node] = []
+    replaced: dict[Node, Node] = {}
     for i, plan in enumerate(plans):
+        plan = remap_plan(plan, replaced)
         rid, dims = f"r{i}", region_dims(plan)
         pol = _add_inputs(gm, record, RegionPolicy, rid, device, None, fake_mode)
         state = _add_inputs(gm, record, RegionState, rid, device, dims, fake_mode)
-        new += rewrite_region(gm, plan, rid, ctx, pol, state, group)
+        added, swaps = rewrite_region(gm, plan, rid, ctx, pol, state, group)
+        propagate_values(gm, ordered(set(added), gm.graph), fake_mode)  # the next region may read these values
+        new += added
+        replaced.update(swaps)
         record.regions.append(RegionRecord(rid, plan, dims))
-    new = ordered(set(new), gm.graph)
-    propagate_values(gm, new, fake_mode)
     mn_blocks = {f"{r.rid}_compute": {b.path for b in r.plan.run.blocks[r.plan.Fn:len(r.plan.run.blocks) - r.plan.Bn]}
                  for r in record.regions}
     check_graph(gm, mn_blocks, [*new, *(p for p in placeholders(gm) if p.name.startswith("dcf_"))])

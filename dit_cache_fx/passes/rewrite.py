@@ -27,6 +27,7 @@ pipeline); none of them gets the blocks' `nn_module_stack`.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Mapping
 
@@ -43,8 +44,9 @@ _DROP_META = ("nn_module_stack", "source_fn_stack", "stack_trace", "from_node")
 
 
 def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str, Node], pol: Mapping[str, Node],
-                   state: Mapping[str, Node], group: str | None = None) -> list[Node]:
-    """Rewrite `plan.nodes` of `gm` in place as region `rid`; returns the new nodes (graph order).
+                   state: Mapping[str, Node], group: str | None = None) -> tuple[list[Node], dict[Node, Node]]:
+    """Rewrite `plan.nodes` of `gm` in place as region `rid`; returns the new nodes and, for each erased
+    region output, the node that now stands for it (later plans that read them are remapped with it).
 
     `ctx`, `pol`, `state`: placeholder nodes by slot name (`state` has `factors_<k>` per cached stream)."""
     graph = gm.graph
@@ -67,13 +69,13 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
                        plan.config.taylorseer_order, group)
         use_cache, branch, gap, n_valid = (call(operator.getitem, decided, i) for i in range(4))
         picked = [call(taylor.pick, f, branch) for f in factors]
-        operands = [*_safe_operands(graph, [s.region_in for s in plan.streams], new), *picked, gap, n_valid,
-                    *_safe_operands(graph, list(plan.ext_in), new)]
+        safe = _safe_operands(graph, [*(s.region_in for s in plan.streams), *plan.ext_in], new)
+        n = len(plan.streams)
+        operands = [*safe[:n], *picked, gap, n_valid, *safe[n:]]
         true_attr, false_attr = graph.get_attr(f"{rid}_cached"), graph.get_attr(f"{rid}_compute")
         cond = call(torch.ops.higher_order.cond, use_cache, true_attr, false_attr, tuple(operands))
         # its value, without running a branch on fake tensors: contiguous stream outputs, then factor stacks
         cond.meta["dcf_value_like"] = [value_of(s.region_out) for s in plan.streams] + picked
-        n = len(plan.streams)
         outs = [call(operator.getitem, cond, i) for i in range(2 * n)]
         for k in range(n):
             call(taylor.store, factors[k], branch, outs[n + k])
@@ -84,7 +86,15 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
     for node in reversed(plan.nodes):
         graph.erase_node(node)
     graph.lint()
-    return new
+    return new, {s.region_out: outs[k] for k, s in enumerate(plan.streams)}
+
+
+def remap_plan(plan: RegionPlan, replaced: dict[Node, Node]) -> RegionPlan:
+    """`plan` reading the nodes that replaced erased ones (a later region fed by an earlier one)."""
+    m = lambda n: replaced.get(n, n)  # noqa: E731
+    streams = tuple(dataclasses.replace(s, region_in=m(s.region_in)) for s in plan.streams)
+    return dataclasses.replace(plan, streams=streams, ext_in=tuple(map(m, plan.ext_in)), fn_entry=m(plan.fn_entry),
+                               fn_out=m(plan.fn_out))
 
 
 def _safe_operands(graph: Graph, nodes: list[Node], new: list[Node]) -> list[Node]:
