@@ -5,12 +5,11 @@ import math
 
 import pytest
 import torch
+from test_policy import GOLDEN, SCM_GOLDEN
 
 from dit_cache_fx import CacheConfig, reference
 from dit_cache_fx.runtime import policy, step
 from dit_cache_fx.runtime.layout import RegionPolicy, StepContext
-
-from test_policy import GOLDEN, SCM_GOLDEN
 
 # timestep sequences as pipelines send them, and the (generation, step, branch) of each call
 SIGMAS = [1.0, 0.75, 0.5, 0.25]

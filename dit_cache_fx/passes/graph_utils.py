@@ -96,10 +96,12 @@ def check_graph(gm: GraphModule, regions: dict[str, set[str]] | None = None, new
         operands = [o for o in c.args[3] if isinstance(value_of(o), torch.Tensor)]
         seen: dict = {}
         for o in operands:
-            if o.op != "placeholder":
-                other = seen.setdefault(_compat.storage_key(value_of(o)), o)
-                if other is not o:
-                    raise GraphCheckError(f"operands {other.name} and {o.name} of {c.name} share storage")
+            if o.op == "placeholder":
+                continue
+            key = _compat.storage_key(value_of(o))
+            if key in seen:
+                raise GraphCheckError(f"operands {seen[key].name} and {o.name} of {c.name} share storage")
+            seen[key] = o
         for branch in branch_modules(gm, c):
             branch.graph.lint()
     for attr, blocks in (regions or {}).items():

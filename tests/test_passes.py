@@ -1,0 +1,150 @@
+"""The passes called directly on small Dynamo graphs: block discovery, stream tracing by wiring, planning,
+the rewrite and its invariant check."""
+
+import operator
+
+import pytest
+import torch
+
+import dit_cache_fx
+from dit_cache_fx import _compat
+from dit_cache_fx.config import RunSpecs
+from dit_cache_fx.passes.blocks import find_runs, node_block
+from dit_cache_fx.passes.graph_utils import GraphCheckError, check_graph, placeholders, value_of
+from dit_cache_fx.passes.pipeline import run_passes
+from dit_cache_fx.passes.plan import plan_region
+from dit_cache_fx.reference import EagerDBCache
+
+from helpers import max_rel_err
+from toy import DualToyDiT, MixedSequential, ToyDiT
+
+
+def dynamo_graph(model, *args):
+    """The graph Dynamo hands a backend (a recording backend keeps it)."""
+    graphs = []
+    torch.compile(model, backend=lambda gm, ex: graphs.append(gm) or gm.forward, fullgraph=True)(*args)
+    assert len(graphs) == 1
+    return _compat.copy_dynamo_graph(graphs[0])
+
+
+def latents(gm, name="hidden_states"):
+    return [p for p in placeholders(gm) if _compat.dynamo_source_name(p) == f"L['{name}']"]
+
+
+def _toy_inputs(dual=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 16, generator=g)
+    return (x, torch.randn(1, 8, 16, generator=g), torch.tensor([500.0])) if dual else (x, torch.tensor([500.0]))
+
+
+def test_find_runs_toy():
+    gm = dynamo_graph(ToyDiT(), *_toy_inputs())
+    runs, rejected = find_runs(gm, latents(gm))
+    assert [r.describe() for r in runs] == ["transformer_blocks[0:4] (4 blocks, streams=hidden)"]
+    assert rejected == []
+    hidden = runs[0].hidden
+    assert len(hidden.nodes) == 5 and all(n is not None for n in hidden.nodes)
+    assert [node_block(n)[0] for n in hidden.nodes[1:]] == [f"transformer_blocks.{i}" for i in range(4)]
+
+
+def test_mixed_sequential_is_not_a_run():
+    model = MixedSequential()
+    gm = dynamo_graph(model, *_toy_inputs())
+    runs, rejected = find_runs(gm, latents(gm))
+    assert [r.name for r in runs] == ["inner.transformer_blocks[0:4]"]
+    assert [(r.name, r.reason) for r in rejected] == [
+        ("t_embedder[0:3]", "t_embedder holds modules of several classes, not repeated blocks")]
+
+
+def test_same_shape_streams_are_told_apart_by_wiring():
+    model = DualToyDiT()
+    gm = dynamo_graph(model, *_toy_inputs(dual=True))
+    (run,), _ = find_runs(gm, latents(gm))
+    assert sorted(s.name for s in run.streams) == ["encoder", "hidden"]
+    # the hidden stream is the one computed from the latents input at every block boundary
+    h = run.hidden
+    assert h.nodes[0].target is torch._C._nn.linear and h.nodes[0].args[0] in latents(gm)
+    for n in h.nodes[1:-1]:
+        assert n.target is operator.add and "hidden" in n.name
+    plan = plan_region(gm, run, dit_cache_fx.CacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=1))
+    for s in plan.streams:
+        assert value_of(s.region_in).shape == value_of(s.region_out).shape == (1, 8, 16)
+        assert s.region_out is next(x for x in run.streams if x.name == s.name).nodes[3]
+
+
+def test_same_shape_dual_stream_model_matches_oracle():
+    torch.manual_seed(0)
+    model = DualToyDiT().eval()
+    cfg = dit_cache_fx.CacheConfig.parse("F1B1_W2_R0.2")
+    x, e, _ = _toy_inputs(dual=True)
+
+    def loop(m):
+        outs = []
+        with torch.no_grad():
+            for s in range(10):
+                outs.append(m(x, e * (1 + 0.05 * s), torch.tensor([1000.0 - 90 * s])))
+        return outs
+
+    ora = EagerDBCache.single(model, cfg, ["transformer_blocks"], pattern=1)
+    refs = loop(model)
+    ora.remove()
+    compiled = dit_cache_fx.compile(model, cache=cfg, fullgraph=True)
+    outs = loop(compiled)
+    s = dit_cache_fx.summary(compiled)
+    assert 0 < len(s.cached_steps) < 8 and s.cached_steps == ora.cached_steps()
+    for k, d in ora.residual_diffs().items():
+        assert s.residual_diffs[k] == pytest.approx(d, rel=1e-4)
+    assert max_rel_err(outs, refs) <= 1e-4
+
+
+def test_plan_rejects_impossible_cuts():
+    gm = dynamo_graph(ToyDiT(), *_toy_inputs())
+    (run,), _ = find_runs(gm, latents(gm))
+    with pytest.raises(dit_cache_fx.CachePlanError, match=r"Fn=2 \+ Bn=2 leaves no middle blocks"):
+        plan_region(gm, run, dit_cache_fx.CacheConfig(Fn_compute_blocks=2, Bn_compute_blocks=2))
+
+
+def _rewritten(model, spec, *args):
+    gm = dynamo_graph(model, *args)
+    mode = _compat.fake_mode_of([value_of(p) for p in placeholders(gm)])
+    return run_passes(gm, RunSpecs.of(spec), latents(gm), mode)
+
+
+def test_rewrite_structure_and_invariants():
+    record = _rewritten(ToyDiT(num_layers=5), "F1B1", *_toy_inputs())
+    gm = record.gm
+    (region,) = record.regions
+    assert region.plan.Mn == 3 and [s.name for s in region.plan.streams] == ["hidden"]
+    conds = [n for n in gm.graph.nodes if n.target is torch.ops.higher_order.cond]
+    assert len(conds) == 1 and conds[0].meta["val"][0].shape == (1, 8, 16)
+    blocks = {node_block(n)[0] for n in gm.graph.nodes if n.op != "placeholder" and node_block(n)}
+    assert blocks == {"transformer_blocks.0", "transformer_blocks.4"}
+    assert {node_block(n)[0] for n in gm.r0_compute.graph.nodes if node_block(n)} == {
+        f"transformer_blocks.{i}" for i in (1, 2, 3)}
+    # state inputs in the declared order, after the model's own
+    names = [p.name for p in placeholders(gm) if p.name.startswith("dcf_")]
+    assert names[:2] == ["dcf_ctx_cfg_mode", "dcf_ctx_reset"] and names[-1] == "dcf_r0_st_log_pos"
+    assert all("val" in p.meta for p in placeholders(gm) if p.name.startswith("dcf_"))
+    # the new nodes carry no block's module stack
+    decide = next(n for n in gm.graph.nodes if n.op == "call_function" and getattr(n.target, "__name__", "") == "decide")
+    assert "nn_module_stack" not in decide.meta and "val" in decide.meta
+
+
+def test_check_graph_catches_a_broken_rewrite():
+    record = _rewritten(ToyDiT(num_layers=5), "F1B1", *_toy_inputs())
+    gm = record.gm
+    check_graph(gm, {"r0_compute": {"transformer_blocks.2"}})
+    with pytest.raises(GraphCheckError, match="blocks .*transformer_blocks.0.* of region r0_compute have nodes outside"):
+        check_graph(gm, {"r0_compute": {"transformer_blocks.0"}})
+    with pytest.raises(GraphCheckError, match="expected one cond with compute branch r1_compute"):
+        check_graph(gm, {"r1_compute": set()})
+    cond = next(n for n in gm.graph.nodes if n.target is torch.ops.higher_order.cond)
+    first = next(o for o in cond.args[3] if o.op != "placeholder")
+    operands = list(cond.args[3])
+    operands[operands.index(next(o for o in operands[1:] if o.op != "placeholder" and o is not first))] = first
+    cond.args = (*cond.args[:3], tuple(operands))  # the same non-input value twice: aliasing operands
+    with pytest.raises(GraphCheckError, match="share storage"):
+        check_graph(gm)
+    new = gm.graph.call_function(torch.relu, (first,))
+    with pytest.raises(GraphCheckError, match="has no value meta"):
+        check_graph(gm, new=[new])
