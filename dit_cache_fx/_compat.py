@@ -166,14 +166,27 @@ def backend_compiler_failed() -> type[BaseException]:
 
 
 def graph_break_reasons() -> list[str]:
-    """Dynamo's graph-break reasons recorded so far in this process (first line of each)."""
+    """Dynamo's graph-break reasons recorded so far in this process (first line of each, distinct)."""
     from torch._dynamo.utils import counters
 
-    return [str(r).splitlines()[0] for r in counters["graph_break"]]
+    reasons = [str(r).splitlines()[0] for key in ("graph_break", "unimplemented") for r in counters[key]]
+    return list(dict.fromkeys(reasons))
 
 
-def dynamo_patch(**changes: Any):
-    """A `torch._dynamo.config.patch(...)` context (read when Dynamo traces)."""
-    import torch._dynamo.config as dynamo_config
+class DynamoFlags:
+    """Set Dynamo config flags (read when Dynamo traces) for the duration of a call: a lighter
+    `torch._dynamo.config.patch` (plain attribute sets, a few µs per call)."""
 
-    return dynamo_config.patch(**changes)
+    def __init__(self, **flags: Any) -> None:
+        import torch._dynamo.config as dynamo_config
+
+        self.config, self.flags = dynamo_config, flags
+
+    def __enter__(self) -> None:
+        self.old = {k: getattr(self.config, k) for k in self.flags}
+        for k, v in self.flags.items():
+            setattr(self.config, k, v)
+
+    def __exit__(self, *exc: Any) -> None:
+        for k, v in self.old.items():
+            setattr(self.config, k, v)

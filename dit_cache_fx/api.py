@@ -64,7 +64,8 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
         check_block_lists(module, specs)
     handle = CacheHandle(specs, inspect.signature(module.forward), StateStore(specs.step_config.enable_separate_cfg,
                                                                             max_shapes),
-                         on_no_blocks, options, torch_compile_kwargs["dynamic"])
+                         on_no_blocks, options, torch_compile_kwargs["dynamic"],
+                         block_modules=_block_modules(module))
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
@@ -74,19 +75,17 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
 
 def _forward(handle: CacheHandle, dynamo_forward):
     failed = _compat.backend_compiler_failed()
-    # with dynamic shapes Dynamo makes module float attributes (norm eps) symbolic graph inputs; inside a cond
-    # branch they become unbacked floats that AOTAutograd cannot trace through: keep them constants, as static
-    # shapes do
-    tracing = (lambda: _compat.dynamo_patch(specialize_float=True)) if handle.dynamic is not False else None
+    # while Dynamo traces: data-dependent ops (`nonzero`, `.item()`) stay in the graph instead of breaking it,
+    # so the blocks around them stay in one graph (Mochi's attention); with dynamic shapes module float
+    # attributes (norm eps) stay constants (as symbolic inputs they cannot enter a cond branch)
+    flags = _compat.DynamoFlags(capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True,
+                                **({"specialize_float": True} if handle.dynamic is not False else {}))
 
     def forward(*args, **kwargs):
         handle.begin_call(args, kwargs)
         try:
-            if tracing is None:
+            with flags:
                 out = dynamo_forward(*args, **kwargs)
-            else:
-                with tracing():
-                    out = dynamo_forward(*args, **kwargs)
         except failed as e:  # our own errors reach the user as themselves, not wrapped by Dynamo
             if isinstance(e.inner_exception, DitCacheError):
                 raise e.inner_exception from None
@@ -111,11 +110,19 @@ def _end_call(handle: CacheHandle) -> None:
     if handle.regions:
         return
     msg = "dit_cache_fx found no cacheable run of repeated transformer blocks in the traced model"
-    why = [f"{r.name}: {r.reason}" for g in handle.graphs for r in g.record.rejected]
-    why += [f"{name}: {reason}" for g in handle.graphs for name, reason in g.record.skipped]
-    if len(handle.graphs) > 1:
-        why.append(f"the model was traced as {len(handle.graphs)} graphs (graph breaks), so a block run split by a "
-                   "break is in none of them: " + "; ".join(_compat.graph_break_reasons()[:3]))
+    why = list(dict.fromkeys([f"{r.name}: {r.reason}" for g in handle.graphs for r in g.record.rejected]
+                             + [f"{name}: {reason}" for g in handle.graphs for name, reason in g.record.skipped]))
+    hits = [name for g in handle.graphs if g.frame_children for name, inner in handle.block_modules.items()
+            if g.frame_children <= inner]
+    inside = sorted(n for n in set(hits) if hits.count(n) >= 2)  # several graphs made of pieces of its blocks
+    if inside:
+        why.append(f"Dynamo graph-breaks inside the blocks of {inside} and compiles parts of single blocks, so no "
+                   "graph holds a run of them (data-dependent Python in the blocks, e.g. MoE routing); Dynamo's "
+                   "reasons: " + "; ".join(_compat.graph_break_reasons()[:3]))
+    elif len(handle.graphs) > 1:
+        why.append(f"the model was traced as {len(handle.graphs)} graphs: graph breaks (data-dependent Python inside "
+                   "the blocks, e.g. MoE routing) split the block runs so that no graph holds one; Dynamo's reasons: "
+                   + "; ".join(_compat.graph_break_reasons()[:3]))
     detail = ("; ".join(why) if why else "a run is >= 2 consecutive `<list>.<i>` blocks of one class whose outputs "
               "feed the next one directly")
     if handle.on_no_blocks == "raise":
@@ -127,18 +134,26 @@ def _end_call(handle: CacheHandle) -> None:
 # block lists known before tracing
 
 
-def block_lists(module: torch.nn.Module) -> dict[str, int]:
-    """`ModuleList`s of >= 2 modules of one class, by qualified name: the candidate block lists."""
+def block_lists(module: torch.nn.Module) -> dict[str, tuple[int, type]]:
+    """`ModuleList`s of >= 2 modules of one class, by qualified name: (length, block class)."""
     out = {}
     for name, m in module.named_modules():
         if isinstance(m, torch.nn.ModuleList) and len(m) >= 2 and len({type(b) for b in m}) == 1:
-            out[name] = len(m)
+            out[name] = (len(m), type(m[0]))
     return out
+
+
+def _block_modules(module: torch.nn.Module) -> dict[str, set[str]]:
+    """Per block list, the attribute names of the modules inside its first block (to tell a graph that Dynamo
+    compiled from inside a block)."""
+    lists = block_lists(module)
+    top = [n for n in lists if not any(n.startswith(f"{o}.") for o in lists)]  # not nested in another list
+    return {name: {n.split(".")[-1] for n, _ in module.get_submodule(name)[0].named_modules() if n} for name in top}
 
 
 def check_block_lists(module: torch.nn.Module, specs: RunSpecs) -> None:
     """Fail early for what is known before tracing: unknown list names, Fn + Bn longer than any run."""
-    lists = block_lists(module)
+    lists = {name: n for name, (n, _) in block_lists(module).items()}
     unknown = specs.names() - set(lists)
     if unknown:
         raise CachePlanError(f"no block list named {sorted(unknown)} in {type(module).__name__}; its block lists are "

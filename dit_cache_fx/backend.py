@@ -85,6 +85,7 @@ class GraphInfo:
     example_shapes: dict[str, tuple]
     code: str = ""
     runner: GraphRunner | None = None
+    frame_children: frozenset = frozenset()  # first names of the module paths in the graph (`attn` in `attn.to_q`)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class CacheHandle:
     on_no_blocks: str = "raise"
     inductor_options: dict = field(default_factory=dict)
     dynamic: bool | None = False
+    block_modules: dict[str, set[str]] = field(default_factory=dict)  # block list -> names of modules in a block
     graphs: list[GraphInfo] = field(default_factory=list)
     timestep: InputPath | None = None
     input_names: tuple[str, ...] = ()
@@ -195,6 +197,14 @@ def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[
     return evaluate
 
 
+def _frame_children(gm: GraphModule) -> frozenset:
+    """The first names of the module paths the graph calls into, relative to the compiled frame's module."""
+    from .passes.blocks import normalize_path
+
+    return frozenset(normalize_path(path).split(".")[0] for n in gm.graph.nodes
+                     for path, _ in (n.meta.get("nn_module_stack") or {}).values() if path.startswith("L['self']"))
+
+
 def _symbols(inputs: list[Node]) -> dict:
     """sympy symbol → `args -> int`, from the graph's SymInt inputs and the sizes of its tensor inputs."""
     out: dict = {}
@@ -237,7 +247,7 @@ class CacheBackend:
             self._find_timestep(gm, arg_of, names)
             hidden_inputs = [p for p in inputs if names and arg_of(p) == names[0]]
             record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]))
-        info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code)
+        info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm))
         h.graphs.append(info)
         mode = _compat.backend_fake_mode(example_inputs)
         with mode:  # the state inputs' example values, in the fake mode inductor traces with
