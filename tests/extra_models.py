@@ -24,9 +24,6 @@ class ExtraModel(TinyModel):
     fullgraph: bool = True  # False: the model graph-breaks; the cache goes into the graph holding the blocks
     rel_tol: float = 1e-5  # threshold 0 vs the uncompiled model (relative L2, max over steps)
     unsupported: str = ""  # why dit_cache_fx.compile rejects it (kept here to retry after package changes)
-    # the diffusers pipeline feeds this transformer *increasing* timesteps (t = 1 - sigma). `run_loop` feeds
-    # decreasing ones; with the pipeline's order every call would start a new generation and nothing is cached
-    increasing_timesteps_in_pipeline: bool = False
 
 
 def _r(g: torch.Generator, *shape: int) -> torch.Tensor:
@@ -152,8 +149,7 @@ EXTRA_MODELS: dict[str, ExtraModel] = {m.name: m for m in [
         guidance_embeds=False), _flux2, timestep_scale=1e-3, blocks=_DUAL, pattern=1),
     ExtraModel("mochi", "MochiTransformer3DModel", dict(
         patch_size=2, num_attention_heads=2, attention_head_dim=32, num_layers=4, pooled_projection_dim=32,
-        in_channels=4, text_embed_dim=32, time_embed_dim=32, max_sequence_length=8), _mochi,
-        increasing_timesteps_in_pipeline=True, pattern=0),
+        in_channels=4, text_embed_dim=32, time_embed_dim=32, max_sequence_length=8), _mochi, pattern=0),
     ExtraModel("allegro", "AllegroTransformer3DModel", dict(
         patch_size=2, patch_size_t=1, num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4,
         num_layers=4, cross_attention_dim=64, sample_height=16, sample_width=16, sample_frames=2,
@@ -165,16 +161,13 @@ EXTRA_MODELS: dict[str, ExtraModel] = {m.name: m for m in [
     ExtraModel("lumina2", "Lumina2Transformer2DModel", dict(
         sample_size=16, patch_size=2, in_channels=4, hidden_size=64, num_layers=4, num_refiner_layers=1,
         num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(8, 12, 12), axes_lens=(64, 32, 32),
-        cap_feat_dim=32), _lumina2, timestep_scale=1e-3, blocks=("layers",), pattern=3, fullgraph=False,
-        increasing_timesteps_in_pipeline=True, unsupported=(
-            "graph-breaks on data-dependent sequence lengths (.tolist() of the mask sums); the embedding graph's "
-            "caption_embedder Sequential is taken for a block run (CachePlanError), and the graph holding `layers` "
-            "has no timestep input (only temb)")),
+        cap_feat_dim=32), _lumina2, timestep_scale=1e-3, blocks=("layers",), pattern=3,
+        fullgraph=False),  # graph-breaks on data-dependent sequence lengths: the blocks sit in the second graph
     ExtraModel("zimage", "ZImageTransformer2DModel", dict(
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=64, n_layers=4, n_refiner_layers=1,
         n_heads=2, n_kv_heads=2, cap_feat_dim=32, axes_dims=[8, 12, 12], axes_lens=[64, 32, 32]), _zimage,
         latent_key="x", timestep_key="t", timestep_scale=1e-3, list_latents=True, eager_first=True,
-        blocks=("layers",), pattern=3, increasing_timesteps_in_pipeline=True),
+        blocks=("layers",), pattern=3),
     ExtraModel("skyreelsv2", "SkyReelsV2Transformer3DModel", dict(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4,
         text_dim=32, freq_dim=32, ffn_dim=128, num_layers=4, rope_max_seq_len=32), _skyreels,
@@ -185,9 +178,8 @@ EXTRA_MODELS: dict[str, ExtraModel] = {m.name: m for m in [
         num_activated_experts=1, axes_dims_rope=(8, 12, 12), max_resolution=(16, 16), llama_layers=[0, 1, 2, 3]),
         _hidream, timestep_key="timesteps", timestep_dtype=torch.int64,
         blocks=("double_stream_blocks", "single_stream_blocks"), pattern=0, fullgraph=False, unsupported=(
-            "the MoE feed-forward graph-breaks in every block (bincount().cpu().numpy() loop); even with dense "
-            "experts (one graph) the blocks form no run: top-level slices/concats of per-block llama3 tokens read "
-            "each block's outputs, so the main run is final_layer.adaLN_modulation and planning fails")),
+            "the MoE feed-forward routes tokens with data-dependent Python (bincount().cpu().numpy()): Dynamo graph-"
+            "breaks inside every block, so no graph holds a run of blocks (NoBlockRunError says so)")),
     ExtraModel("stableaudio", "StableAudioDiTModel", dict(
         sample_size=64, in_channels=4, num_layers=4, attention_head_dim=32, num_attention_heads=2,
         num_key_value_attention_heads=1, out_channels=4, cross_attention_dim=64, time_proj_dim=32,

@@ -132,3 +132,17 @@ def test_mode_and_options_become_inductor_config():
                                     options={"epilogue_fusion": False})
     assert compiled.__dict__["_dit_cache_fx"].inductor_options == {
         "max_autotune": True, "coordinate_descent_tuning": True, "epilogue_fusion": False}
+
+
+def test_plan_errors_raised_while_dynamo_compiles_reach_the_user_as_themselves(monkeypatch):
+    from dit_cache_fx.passes import pipeline
+
+    def fail(*args, **kwargs):
+        raise dit_cache_fx.CachePlanError("the planner says no")
+
+    monkeypatch.setattr(pipeline, "find_runs", fail)
+    compiled = dit_cache_fx.compile(ToyDiT(), cache="F1B0")
+    with pytest.raises(dit_cache_fx.CachePlanError, match="^the planner says no$") as info:
+        _call(compiled)
+    assert type(info.value) is dit_cache_fx.CachePlanError  # not Dynamo's BackendCompilerFailed
+    assert "report a bug" not in str(info.value) and info.value.__suppress_context__
