@@ -190,3 +190,8 @@ class DynamoFlags:
     def __exit__(self, *exc: Any) -> None:
         for k, v in self.old.items():
             setattr(self.config, k, v)
+
+
+def reset_dynamo() -> None:
+    """Forget every compiled frame (the demo and benchmark compile each setting from scratch)."""
+    torch._dynamo.reset()

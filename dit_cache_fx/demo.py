@@ -1,8 +1,9 @@
-"""`dit-cache-fx demo`: DBCache step caching on the shipped digits DiT.
+"""`dit-cache-fx demo`: DBCache step caching on the shipped digits DiT (and `dit-cache-fx explain`).
 
 Runs the same seeds and class labels uncached (eager), through plain `torch.compile`, and through
 `dit_cache_fx.compile` at a few cache settings; prints speed, cached steps, fidelity to the eager
-output (PSNR, max abs error) and the judge's class accuracy, and writes a PNG grid.
+output (PSNR, max abs error) and the judge's class accuracy, and writes a PNG grid: a row of samples per
+setting, and under each cached setting its difference to the reference, amplified.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import numpy as np
 import torch
 
 import dit_cache_fx
+from dit_cache_fx import _compat
+from dit_cache_fx.__main__ import DEMO_SETTINGS
 from dit_cache_fx.digits import NUM_CLASSES, DigitsPipeline, accuracy, load_pipeline
+from dit_cache_fx.digits.metrics import describe_error, generate, psnr
 
-SETTINGS = ("F1B0_W4_R0.12", "F2B0_W4MC3_R0.2", "F1B0_W4_R0.12_T1")
-QUICK_SETTINGS = ("F1B0_W2_R0.3",)
+DIFF_GAIN = 10  # difference rows show |cached - reference| x 10 (white = a difference of 0.1 or more)
 
 
 @dataclass
@@ -38,22 +41,10 @@ def log(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
 
-def generate(pipe: DigitsPipeline, labels: Sequence[int], steps: int, guidance: float, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return pipe(list(labels), num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="pt").images
-
-
-def cached_steps(module: torch.nn.Module) -> int | None:
-    try:
-        return len(dit_cache_fx.summary(module).cached_steps)
-    except Exception:  # no stats (plain module) or an older core
-        return None
-
-
 def run_variant(pipe: DigitsPipeline, base: torch.nn.Module, name: str, make: Callable[[torch.nn.Module], torch.nn.Module],
                 labels: Sequence[int], steps: int, guidance: float, seed: int, repeats: int, cached: bool) -> Result:
     res = Result(name)
-    torch._dynamo.reset()  # every variant compiles from scratch (and no recompile limit is hit)
+    _compat.reset_dynamo()  # every variant compiles from scratch (and no recompile limit is hit)
     try:
         pipe.transformer = make(base)
         compiling = pipe.transformer is not base
@@ -63,34 +54,19 @@ def run_variant(pipe: DigitsPipeline, base: torch.nn.Module, name: str, make: Ca
         res.warmup_s = time.perf_counter() - t0
         times = []
         for _ in range(repeats):
-            if cached:
-                dit_cache_fx.reset(pipe.transformer)
             t0 = time.perf_counter()
             res.images = generate(pipe, labels, steps, guidance, seed)
             times.append(time.perf_counter() - t0)
         res.seconds = min(times)
-        res.cached_steps = cached_steps(pipe.transformer) if cached else 0
+        res.cached_steps = len(dit_cache_fx.summary(pipe.transformer).cached_steps) if cached else 0
         log(f"{name}: warm-up {res.warmup_s:.1f} s, steady {res.seconds:.3f} s per generation"
-            + (f", {res.cached_steps}/{steps} steps cached" if cached and res.cached_steps is not None else ""))
-    except Exception as e:  # an unsupported spec or backend: report it, keep going
+            + (f", {res.cached_steps}/{steps} steps cached" if cached else ""))
+    except dit_cache_fx.DitCacheError as e:  # a spec that does not fit the model: report it, keep going
         res.error = describe_error(e)
         log(f"{name}: skipped ({res.error})")
     finally:
         pipe.transformer = base
     return res
-
-
-def describe_error(e: BaseException) -> str:
-    """One line naming the root cause (Dynamo wraps backend errors in BackendCompilerFailed)."""
-    inner = getattr(e, "inner_exception", None) or e.__cause__ or e
-    lines = [ln for ln in str(inner).splitlines() if ln.strip()]
-    return f"{type(inner).__name__}: {lines[0] if lines else ''}"
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [0, 1], computed in float64."""
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def table(results: list[Result], labels: Sequence[int], steps: int, n: int) -> str:
@@ -115,21 +91,34 @@ def table(results: list[Result], labels: Sequence[int], steps: int, n: int) -> s
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r).rstrip() for r in rows] + notes)
 
 
-def save_grid(results: list[Result], path: Path, scale: int = 4) -> Path:
-    """One row per setting (label on the left), one column per sample."""
+def save_grid(results: list[Result], labels: Sequence[int], steps: int, path: Path, scale: int = 4) -> Path:
+    """Title, a column per sample (labelled with its digit), a row per setting (name, cached steps, PSNR),
+    and under each cached setting a difference row |cached − reference| × DIFF_GAIN."""
     from PIL import Image, ImageDraw
 
     ok = [r for r in results if r.images is not None]
     ref = ok[0].images
-    n, _, h, w = ref.shape
-    cell, label_w, pad = h * scale, 200, 2
-    grid = Image.new("L", (label_w + n * (cell + pad), len(ok) * (cell + pad)), 255)
-    draw = ImageDraw.Draw(grid)
+    n, _, h, _ = ref.shape
+    cell, label_w, pad, top = h * scale, 230, 2, 44
+    rows: list[tuple[str, str, np.ndarray]] = []
     for i, r in enumerate(ok):
-        y = i * (cell + pad)
-        draw.text((4, y + cell // 2 - 12), r.name, fill=0)
-        draw.text((4, y + cell // 2 + 2), "reference" if i == 0 else f"PSNR {psnr(r.images, ref):.1f} dB", fill=0)
-        arr = (r.images[:, 0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        note = "reference" if i == 0 else (f"{r.cached_steps}/{steps} cached, PSNR {psnr(r.images, ref):.1f} dB"
+                                          if r.cached_steps else f"PSNR {psnr(r.images, ref):.1f} dB")
+        rows.append((r.name, note, r.images[:, 0].clamp(0, 1).numpy()))
+        if r.cached_steps:
+            diff = ((r.images - ref).abs() * DIFF_GAIN).clamp(0, 1)[:, 0].numpy()
+            rows.append(("  difference", f"|cached - ref| x {DIFF_GAIN}, max {(r.images - ref).abs().max():.3f}", diff))
+    grid = Image.new("L", (label_w + n * (cell + pad), top + len(rows) * (cell + pad)), 255)
+    draw = ImageDraw.Draw(grid)
+    draw.text((4, 4), f"dit_cache_fx demo: digits DiT, {steps} steps, samples per setting (diff rows: white = "
+                      f"difference >= {1 / DIFF_GAIN:g})", fill=0)
+    for j, digit in enumerate(labels):
+        draw.text((label_w + j * (cell + pad) + cell // 2 - 4, top - 16), str(digit), fill=0)
+    for i, (name, note, imgs) in enumerate(rows):
+        y = top + i * (cell + pad)
+        draw.text((4, y + cell // 2 - 12), name, fill=0)
+        draw.text((4, y + cell // 2 + 2), note, fill=0)
+        arr = (imgs * 255).round().astype(np.uint8)
         for j in range(n):
             tile = Image.fromarray(arr[j]).resize((cell, cell), Image.NEAREST)
             grid.paste(tile, (label_w + j * (cell + pad), y))
@@ -139,7 +128,7 @@ def save_grid(results: list[Result], path: Path, scale: int = 4) -> Path:
 
 
 def run_demo(steps: int = 28, samples: int = 10, guidance: float = 3.0, seed: int = 0,
-             settings: Sequence[str] = SETTINGS, compile_baseline: bool = True, repeats: int = 3,
+             settings: Sequence[str] = DEMO_SETTINGS.split(","), compile_baseline: bool = True, repeats: int = 3,
              out: str | Path = "dit-cache-fx-demo.png", threads: int | None = None) -> list[Result]:
     """Run the demo, print its table, write the grid PNG to `out`; returns one `Result` per row."""
     if threads:
@@ -165,28 +154,24 @@ def run_demo(steps: int = 28, samples: int = 10, guidance: float = 3.0, seed: in
           f"timings exclude warm-up (best of {repeats})")
     print(table(results, labels, steps, samples))
     print()
-    path = save_grid(results, Path(out))
+    path = save_grid(results, labels, steps, Path(out))
     log(f"wrote {path.resolve()}")
     return results
 
 
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default 28; 8 with --quick)")
-    p.add_argument("--samples", type=int, default=None, help="images per run (default 10; 4 with --quick)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (<=1: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--settings", default=None, help=f"comma-separated cache specs (default {','.join(SETTINGS)})")
-    p.add_argument("--repeats", type=int, default=None, help="timed generations per setting (default 3)")
-    p.add_argument("--no-compile-baseline", action="store_true", help="skip the plain torch.compile row")
-    p.add_argument("--quick", action="store_true", help="a fast reduced run: 8 steps, 4 samples, one cache setting")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--out", default="dit-cache-fx-demo.png", help="PNG grid path")
-
-
 def main(args: argparse.Namespace) -> None:
-    q = args.quick
-    settings = args.settings.split(",") if args.settings else (QUICK_SETTINGS if q else SETTINGS)
-    run_demo(steps=args.steps or (8 if q else 28), samples=args.samples or (4 if q else 10), guidance=args.guidance,
-             seed=args.seed, settings=[s.strip() for s in settings if s.strip()],
-             compile_baseline=not (args.no_compile_baseline or q), repeats=args.repeats or (1 if q else 3),
-             out=args.out, threads=args.threads)
+    run_demo(steps=args.steps, samples=args.samples, guidance=args.guidance, seed=args.seed,
+             settings=[s.strip() for s in args.settings.split(",") if s.strip()],
+             compile_baseline=not args.no_compile_baseline, repeats=args.repeats, out=args.out, threads=args.threads)
+
+
+def explain_main(args: argparse.Namespace) -> None:
+    """`dit-cache-fx explain`: compile the digits DiT, run one generation, print the report, draw the regions."""
+    pipe = load_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer = dit_cache_fx.compile(pipe.transformer, cache=args.spec)
+    generate(pipe, [3, 7], 8, 3.0, 0)
+    x = torch.zeros(1, pipe.in_channels, pipe.sample_size, pipe.sample_size)
+    report = dit_cache_fx.explain(pipe.transformer, x, timestep=torch.tensor([500.0]), class_labels=torch.tensor([3]))
+    print(report.text(verbose=args.verbose))
+    print(f"\nwrote {report.save(args.out)}")

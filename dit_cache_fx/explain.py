@@ -86,7 +86,8 @@ class ExplainReport:
         out.append(f"cache regions: {len(self.regions)}")
         for r in self.regions:
             out.append(f"  {r.name}  spec {r.spec}")
-            out.append(f"    {r.split_text()}; streams cached: {', '.join(r.streams)}")
+            out.append(f"    {r.split_text()}")
+            out.append(f"    streams cached: {', '.join(r.streams)} (the run carries {', '.join(r.run_streams)})")
         lines = self.excerpt()
         if lines:
             out.append("where the graph changed:")

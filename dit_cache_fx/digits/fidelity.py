@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from dit_cache_fx.digits.judge import accuracy
-from dit_cache_fx.digits.pipeline import NUM_CLASSES, DigitsPipeline, load_pipeline
+from dit_cache_fx.digits.metrics import describe_error, generate, psnr
+from dit_cache_fx.digits.pipeline import NUM_CLASSES, load_pipeline
 
 
 @dataclass
@@ -37,19 +38,9 @@ class Point:
     error: str | None = None
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def _generate(pipe: DigitsPipeline, labels: list[int], steps: int, guidance: float, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return pipe(labels, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="pt").images
-
-
 def _point(steps: int, name: str, saved: float, imgs: torch.Tensor, ref: torch.Tensor, labels: list[int],
            cached: int | None = None) -> Point:
-    return Point(steps, name, saved, _psnr(imgs, ref), (imgs - ref).abs().max().item(), accuracy(imgs, labels), cached)
+    return Point(steps, name, saved, psnr(imgs, ref), (imgs - ref).abs().max().item(), accuracy(imgs, labels), cached)
 
 
 def specs(fn: list[int], bn: list[int], thresholds: list[float], taylor: list[int], warmup: int,
@@ -74,7 +65,7 @@ def _fn_bn(spec: str) -> tuple[int, int]:
 def run(step_counts: list[int], groups: dict[str, list[str]], samples: int, guidance: float, seed: int,
         min_fraction: float = 0.25) -> list[Point]:
     import dit_cache_fx
-    from dit_cache_fx.demo import describe_error
+    from dit_cache_fx import _compat
 
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -85,20 +76,20 @@ def run(step_counts: list[int], groups: dict[str, list[str]], samples: int, guid
     refs = {}
     for steps in step_counts:
         t0 = time.time()
-        refs[steps] = ref = _generate(pipe, labels, steps, guidance, seed)
+        refs[steps] = ref = generate(pipe, labels, steps, guidance, seed)
         points.append(_point(steps, f"{steps} steps", 0.0, ref, ref, labels))
         fewer = range(steps - 1, max(1, int(steps * min_fraction)) - 1, -1)
         for k in fewer:
-            points.append(_point(steps, f"{k} steps", 1 - k / steps, _generate(pipe, labels, k, guidance, seed),
+            points.append(_point(steps, f"{k} steps", 1 - k / steps, generate(pipe, labels, k, guidance, seed),
                                  ref, labels))
         print(f"[bench] {steps} steps: uncached eager reference + {len(fewer)} fewer-step runs "
               f"({time.time() - t0:.0f} s)", flush=True)
     for g, (group, group_specs) in enumerate(groups.items()):
-        torch._dynamo.reset()
+        _compat.reset_dynamo()  # every group compiles from scratch (no recompile limit is hit)
         t0 = time.time()
         try:
             pipe.transformer = dit_cache_fx.compile(base, cache=group_specs[0])
-            _generate(pipe, labels, 2, guidance, seed)  # compile now
+            generate(pipe, labels, 2, guidance, seed)  # compile now
             print(f"[bench] [{g + 1}/{len(groups)}] compiled {group} ({time.time() - t0:.0f} s)", flush=True)
         except Exception as e:  # e.g. an unsupported setting: keep the rows, mark them
             err = describe_error(e)
@@ -110,7 +101,7 @@ def run(step_counts: list[int], groups: dict[str, list[str]], samples: int, guid
         for steps, spec in itertools.product(step_counts, group_specs):
             dit_cache_fx.configure(pipe.transformer, spec)
             dit_cache_fx.reset(pipe.transformer)
-            imgs = _generate(pipe, labels, steps, guidance, seed)
+            imgs = generate(pipe, labels, steps, guidance, seed)
             cached = len(dit_cache_fx.summary(pipe.transformer).cached_steps)
             f, b = _fn_bn(spec)
             p = _point(steps, spec, cached * (n_blocks - f - b) / (steps * n_blocks), imgs, refs[steps], labels, cached)
@@ -194,27 +185,6 @@ def plot(points: list[Point], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x.strip()]
-
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=_ints, default=[28, 50], help="comma-separated step counts (default 28,50)")
-    p.add_argument("--fn", type=_ints, default=[1, 2, 3], help="Fn values (default 1,2,3)")
-    p.add_argument("--bn", type=_ints, default=[0], help="Bn values (default 0)")
-    p.add_argument("--thresholds", type=lambda s: [float(x) for x in s.split(",")],
-                   default=[0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5], help="residual diff thresholds R")
-    p.add_argument("--taylor", type=_ints, default=[0, 1], help="TaylorSeer orders (0 = off; default 0,1)")
-    p.add_argument("--mc", type=_ints, default=[0, 1], help="max consecutive cached steps (0 = unlimited; default 0,1)")
-    p.add_argument("--warmup", type=int, default=4, help="W: always-computed first steps")
-    p.add_argument("--samples", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on shared cores; timing "
-                   "is not measured here)")
-    p.add_argument("--out-dir", type=Path, default=Path("."), help="where fidelity.md / fidelity.png go")
 
 
 def main(args: argparse.Namespace) -> list[Point]:

@@ -13,8 +13,8 @@ After (`r0` is the region's id; `ctx`, `pol`, `st` the state placeholders of `ru
     use_cache, b, gap, n_valid = policy.decide(ctx={...}, policy={...r0 pol...}, state={...r0 st...}, h0, h1)
     fh, fe = taylor.pick(r0_st_factors_0, b), taylor.pick(r0_st_factors_1, b)
     r = cond(use_cache, r0_cached, r0_compute, (h1, e1, fh, fe, gap, n_valid, temb, rope, params1, params2))
-    h3, e3 = r[0], r[1]
-    taylor.store(r0_st_factors_0, b, r[2]); taylor.store(r0_st_factors_1, b, r[3])
+    h3, e3 = r[0].view_as(h1), r[1].view_as(e1)          # the branches return flat tensors
+    taylor.store(r0_st_factors_0, b, r[2].view_as(fh)); taylor.store(r0_st_factors_1, b, r[3].view_as(fe))
     out = norm_out(h3) ...
 
     r0_compute: h3, e3 = <blocks 1-2>; returns h3, e3, update_factors(fh, h3 - h1, ...), ...
@@ -53,6 +53,7 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
     first = plan.nodes[0]
     for n in plan.hoist:  # stream-independent values read after the span: compute them first
         first.prepend(n)
+    plan = _with_size_symbols(gm, plan)
     gm.add_submodule(f"{rid}_compute", _compute_branch(plan))
     gm.add_submodule(f"{rid}_cached", _cached_branch(plan))
     factors = [state[f"factors_{k}"] for k in range(len(plan.streams))]
@@ -61,6 +62,11 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
     with graph.inserting_before(first):
         def call(fn, *args, **kwargs) -> Node:
             node = graph.call_function(fn, args, kwargs)
+            new.append(node)
+            return node
+
+        def call_method(name, *args) -> Node:
+            node = graph.call_method(name, args)
             new.append(node)
             return node
 
@@ -76,7 +82,10 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
         cond = call(torch.ops.higher_order.cond, use_cache, true_attr, false_attr, tuple(operands))
         # its value, without running a branch on fake tensors: contiguous stream outputs, then factor stacks
         cond.meta["dcf_value_like"] = [value_of(s.region_out) for s in plan.streams] + picked
-        outs = [call(operator.getitem, cond, i) for i in range(2 * n)]
+        # the branches return flat tensors (symbolic strides of a [B, L, D] output need not pass cond's stride
+        # check); each output takes the shape of what it stands for again
+        like = [s.region_in for s in plan.streams] + picked
+        outs = [call_method("view_as", call(operator.getitem, cond, i), like[i]) for i in range(2 * n)]
         for k in range(n):
             call(taylor.store, factors[k], branch, outs[n + k])
 
@@ -95,6 +104,18 @@ def remap_plan(plan: RegionPlan, replaced: dict[Node, Node]) -> RegionPlan:
     streams = tuple(dataclasses.replace(s, region_in=m(s.region_in)) for s in plan.streams)
     return dataclasses.replace(plan, streams=streams, ext_in=tuple(map(m, plan.ext_in)), fn_entry=m(plan.fn_entry),
                                fn_out=m(plan.fn_out))
+
+
+def _with_size_symbols(gm: GraphModule, plan: RegionPlan) -> RegionPlan:
+    """With dynamic shapes the branches compute sizes from symbols (`(s33//2)**2`) that inductor must get as
+    operands: add the graph's SymInt inputs for every symbol in the operands' shapes."""
+    values = [value_of(n) for n in (*(s.region_in for s in plan.streams), *plan.ext_in)]
+    free = {sym for v in values if isinstance(v, torch.Tensor) for d in v.shape
+            if (e := _compat.sym_expr(d)) is not None for sym in e.free_symbols}
+    have = set(plan.ext_in)
+    extra = [p for p in gm.graph.nodes if p.op == "placeholder" and p not in have and isinstance(value_of(p), torch.SymInt)
+             and _compat.sym_expr(value_of(p)) in free]
+    return dataclasses.replace(plan, ext_in=(*plan.ext_in, *extra)) if extra else plan
 
 
 def _safe_operands(graph: Graph, nodes: list[Node], new: list[Node]) -> list[Node]:
@@ -133,6 +154,10 @@ def _contiguous(g: Graph, n: Node) -> Node:
     return g.call_method("clone", (n,), {"memory_format": torch.contiguous_format})
 
 
+def _flat(g: Graph, n: Node) -> Node:
+    return g.call_method("reshape", (n, -1))
+
+
 def _compute_branch(plan: RegionPlan) -> GraphModule:
     g = Graph()
     ins, stacks, gap, n_valid, env = _branch_inputs(g, plan)
@@ -144,7 +169,7 @@ def _compute_branch(plan: RegionPlan) -> GraphModule:
         residual = g.call_function(operator.sub, (out, ins[k]))
         outs.append(out)
         new_stacks.append(g.call_function(taylor.update_factors, (stacks[k], residual, gap, n_valid, s.order)))
-    g.output(tuple(outs + new_stacks))
+    g.output(tuple(_flat(g, x) for x in outs + new_stacks))
     return GraphModule(torch.nn.Module(), g)
 
 
@@ -153,7 +178,7 @@ def _cached_branch(plan: RegionPlan) -> GraphModule:
     ins, stacks, gap, n_valid, env = _branch_inputs(g, plan)
     outs = [g.call_function(taylor.apply_factors, (ins[k], stacks[k], gap, s.order)) for k, s in enumerate(plan.streams)]
     keep = [_contiguous(g, s) for s in stacks]
-    g.output(tuple(outs + keep))
+    g.output(tuple(_flat(g, x) for x in outs + keep))
     return GraphModule(torch.nn.Module(), g)
 
 
@@ -170,7 +195,8 @@ def propagate_values(gm: GraphModule, nodes: list[Node], fake_mode) -> None:
         for node in nodes:
             like = node.meta.pop("dcf_value_like", None)
             if like is not None:
-                node.meta["val"] = tuple(torch.empty_like(val(x), memory_format=torch.contiguous_format) for x in like)
+                node.meta["val"] = tuple(torch.empty_like(val(x), memory_format=torch.contiguous_format).reshape(-1)
+                                         for x in like)
                 continue
             args = torch.fx.node.map_aggregate(node.args, val)
             kwargs = torch.fx.node.map_aggregate(node.kwargs, val)
