@@ -195,3 +195,20 @@ class DynamoFlags:
 def reset_dynamo() -> None:
     """Forget every compiled frame (the demo and benchmark compile each setting from scratch)."""
     torch._dynamo.reset()
+
+
+def context_parallel_group(module: torch.nn.Module) -> str | None:
+    """The name of the process group a diffusers model shards its sequence over (`enable_parallelism` with a
+    `ContextParallelConfig`: Ulysses, Ring or both), or None. Tensor parallelism alone replicates the
+    activations between blocks: no group is needed for the cache decision."""
+    config = getattr(module, "_parallel_config", None)
+    cp = getattr(config, "context_parallel_config", None)
+    mesh = getattr(cp, "_flattened_mesh", None)
+    if mesh is None or (getattr(cp, "ring_degree", 1) or 1) * (getattr(cp, "ulysses_degree", 1) or 1) <= 1:
+        return None
+    return mesh.get_group().group_name
+
+
+def group_name(group: Any) -> str:
+    """A process group's name (what functional collectives take), from a ProcessGroup or a name."""
+    return group if isinstance(group, str) else group.group_name

@@ -19,7 +19,7 @@ _HANDLE_ATTR = "_dit_cache_fx"
 
 
 def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: str = "raise",
-            max_shapes: int = 4, **torch_compile_kwargs: Any) -> torch.nn.Module:
+            max_shapes: int = 4, process_group: Any = None, **torch_compile_kwargs: Any) -> torch.nn.Module:
     """Compile `module` with DBCache step caching rewritten into the graph.
 
     Args:
@@ -32,6 +32,9 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
             repeated blocks that can be cached; "compile" warns and compiles it without a cache.
         max_shapes: per cache region, the cache state of at most this many input shapes is kept (least
             recently used dropped first); `release(module)` frees all of it.
+        process_group: the ranks that share the sequence, whose diff sums are added before every decision
+            (a ProcessGroup or its name). Default: taken from the model's diffusers context-parallel config
+            (`enable_parallelism` before `compile`); give it for models parallelised by other means.
         **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, `dynamic`, ...); `mode=` and
             `options=` become inductor config for our backend, as with the default backend.
 
@@ -62,15 +65,21 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
     specs = RunSpecs.of(cache)
     if specs.enabled:
         check_block_lists(module, specs)
-    handle = CacheHandle(specs, inspect.signature(module.forward), StateStore(specs.step_config.enable_separate_cfg,
-                                                                            max_shapes),
-                         on_no_blocks, options, torch_compile_kwargs["dynamic"],
+    group = _compat.group_name(process_group) if process_group is not None else _compat.context_parallel_group(module)
+    handle = CacheHandle(specs, forward_signature(module), StateStore(specs.step_config.enable_separate_cfg, max_shapes),
+                         on_no_blocks, options, torch_compile_kwargs["dynamic"], group=group,
                          block_modules=_block_modules(module))
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
     compiled.forward = _forward(handle, compiled.forward)
     return compiled
+
+
+def forward_signature(module: torch.nn.Module) -> inspect.Signature:
+    """The model's own forward signature (without `self`), also when a hook replaced `module.forward`."""
+    sig = inspect.signature(type(module).forward)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
 def _forward(handle: CacheHandle, dynamo_forward):

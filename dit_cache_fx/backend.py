@@ -98,6 +98,7 @@ class CacheHandle:
     on_no_blocks: str = "raise"
     inductor_options: dict = field(default_factory=dict)
     dynamic: bool | None = False
+    group: str | None = None  # process group summing the diff (context parallel)
     block_modules: dict[str, set[str]] = field(default_factory=dict)  # block list -> names of modules in a block
     graphs: list[GraphInfo] = field(default_factory=list)
     timestep: InputPath | None = None
@@ -246,7 +247,7 @@ class CacheBackend:
         if h.specs.enabled:
             self._find_timestep(gm, arg_of, names)
             hidden_inputs = [p for p in inputs if names and arg_of(p) == names[0]]
-            record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]))
+            record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]), h.group)
         info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm))
         h.graphs.append(info)
         mode = _compat.backend_fake_mode(example_inputs)

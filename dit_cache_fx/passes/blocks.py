@@ -6,7 +6,8 @@ one block list where each block's outputs flow straight into the next one; two l
 when the streams pass directly from one to the other (Flux: 19 double blocks then 38 single blocks).
 
 Streams are the tensors carried from block to block, followed by wiring (never by shape alone):
-- between two blocks of one class, block i+1 reads the stream at the same input slot as block i did;
+- between two blocks of one class and the same code, block i+1 reads the stream at the same input slot as
+  block i did;
 - elsewhere (a change of block class, the run's exit) a block output continues the input it reaches
   through its residual path: adds, gating products, dtype casts, and slices of concatenations.
 `hidden` is the stream that descends from the model's latents input; the others are `encoder` streams.
@@ -109,11 +110,16 @@ class Rejected:
 
 
 def normalize_path(source_path: str) -> str:
-    """`L['self'].__dict__['_modules']['blocks'][3].attn` → `blocks.3.attn` (frame root dropped)."""
+    """`L['self'].__dict__['_modules']['blocks'][3].attn` → `blocks.3.attn` (frame root dropped).
+
+    Through diffusers' hooks (context parallel) a module is reached as `L['function_reference'].forward
+    .__self__...` and a hooked block's children as `blocks.0.forward.func.__closure__[0].cell_contents
+    .forward.__self__.attn1`: those hops are dropped too."""
     p = re.sub(r"^[LG]\[['\"][^'\"]+['\"]\]", "", source_path)
     p = p.replace(".__dict__['_modules']", "").replace("._modules", "")
     p = re.sub(r"\[['\"]([^'\"]+)['\"]\]", r".\1", p)
     p = re.sub(r"\[(\d+)\]", r".\1", p)
+    p = re.sub(r"(^|\.)forward\.(?:func\.__closure__\.\d+\.cell_contents\.forward\.)?__self__", "", p)
     return p.lstrip(".")
 
 
@@ -196,9 +202,11 @@ def _interval_size(node: Node, dim: int) -> int | None:
 
 def residual_source(out: Node, block_nodes: Collection[Node], candidates: Collection[Node]) -> Node | None:
     """The one `candidates` node (an input of the block) that `out` continues along its residual path
-    (see module docstring), or None when the path reaches none or several."""
+    (see module docstring), or None when the path reaches none or several. A path that reaches an input
+    only through a slice of it (a context-parallel shard) counts when nothing else is reached."""
     inside = set(block_nodes)
     found: set[Node] = set()
+    partial: set[Node] = set()  # reached through a slice: a shard of the input (a context-parallel split)
     todo: list[tuple[Node, tuple | None]] = [(out, None)]  # (node, (dim, start, stop) slice of it or None)
     seen: set = set()
     while todo:
@@ -208,8 +216,7 @@ def residual_source(out: Node, block_nodes: Collection[Node], candidates: Collec
         seen.add((node, iv))
         if node in candidates:
             size = _interval_size(node, iv[0]) if iv else None
-            if iv is None or (iv[1] == 0 and iv[2] == size):
-                found.add(node)
+            (found if iv is None or (iv[1] == 0 and iv[2] == size) else partial).add(node)
             continue
         if node not in inside or node.op not in ("call_function", "call_method"):
             continue
@@ -225,7 +232,9 @@ def residual_source(out: Node, block_nodes: Collection[Node], candidates: Collec
         elif target in (torch.cat, torch.concat, "cat") and iv is not None:
             parts, dim = args[0], (args[1] if len(args) > 1 else node.kwargs.get("dim", 0))
             todo += _through_cat(parts, dim, sig, iv)
-    return next(iter(found)) if len(found) == 1 else None
+    if len(found) == 1:
+        return next(iter(found))
+    return next(iter(partial)) if not found and len(partial) == 1 else None
 
 
 _SPLITS = {"split", "chunk", "split_with_sizes", torch.split, torch.chunk}
@@ -283,7 +292,7 @@ def _norm_dim(dim: int, node: Node) -> int:
 
 def continued_input(block: Block, nxt: Block | None, out: Node, streams_in: list[Node]) -> Node | None:
     """Which of `streams_in` (inputs of `block`) the output `out` continues."""
-    if nxt is not None and nxt.cls is block.cls:
+    if nxt is not None and nxt.cls is block.cls and len(nxt.nodes) == len(block.nodes):  # the same code
         ins, ins_next = block.inputs, nxt.inputs
         if len(ins) == len(ins_next) and out in ins_next:
             src = ins[ins_next.index(out)]

@@ -9,8 +9,10 @@ blocks, say) are hoisted in front of it, so they exist on cached steps too.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
+import torch
 from torch.fx import GraphModule, Node
 
 from ..config import CacheConfig
@@ -108,11 +110,32 @@ def plan_region(gm: GraphModule, run: BlockRun, config: CacheConfig) -> RegionPl
         raise CachePlanError(f"no stream of {run.describe()} passes through its middle blocks")
     hidden = run.hidden
     fn_entry, fn_out = hidden.nodes[0], hidden.nodes[Fn]
+    if fn_out is not None and value_sig(fn_entry) != value_sig(fn_out):
+        fn_entry = local_shard(run.blocks[0], fn_entry, fn_out) or fn_entry
     if fn_out is None or value_sig(fn_entry) != value_sig(fn_out):
         raise CachePlanError(f"the hidden stream of {run.describe()} changes shape in the first {Fn} blocks: "
                              "no Fn residual to compare")
     ext_in = tuple(x for x in inputs_of(region) if x not in {s.region_in for s in streams})
     return RegionPlan(run.name, run, config, tuple(region), tuple(hoist), tuple(streams), ext_in, fn_entry, fn_out)
+
+
+_SHARD_OPS = {operator.getitem, torch.chunk, torch.split, torch.narrow, "chunk", "split", "narrow", "contiguous",
+              "clone", "tensor_split"}
+
+
+def local_shard(block, entry: Node, like: Node) -> Node | None:
+    """Inside `block`, the piece of `entry` shaped like `like`: under context parallelism a hook on the first
+    block can split the sequence (Wan), so the Fn residual is taken against this rank's shard of the input."""
+    for n in block.nodes:
+        if value_sig(n) != value_sig(like):
+            continue
+        cur = n
+        while cur is not entry and cur.op in ("call_function", "call_method") and cur.target in _SHARD_OPS \
+                and cur.args and isinstance(cur.args[0], Node):
+            cur = cur.args[0]
+        if cur is entry:
+            return n
+    return None
 
 
 def _with_span_ancestors(roots: list[Node], span: set[Node], gm: GraphModule) -> list[Node]:
