@@ -54,7 +54,7 @@ def cases(n: int, order: int, device: str, dtype: torch.dtype) -> dict[str, tupl
     n_valid = torch.tensor(order + 1, device=device)  # steady state: every factor valid
     e = prev.element_size()
     return {
-        "rel_l1_diff": (ops.rel_l1_diff, ops._rel_l1_diff_torch, (prev, cur), 2 * n * e),
+        "l1_sums": (ops.l1_sums, ops._l1_sums_torch, (prev, cur), 2 * n * e),
         # reads y and the first K factors (F_K is not needed), writes K+1
         "taylor_update": (ops.taylor_update, ops._taylor_update_torch, (factors, cur, gap, n_valid),
                           (2 * order + 2) * n * e),

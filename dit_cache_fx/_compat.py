@@ -123,12 +123,18 @@ def size_hint(x: Any) -> int | None:
 def compile_function(fn: Callable, example_inputs: list[torch.Tensor]) -> Callable:
     """Compile a small tensor function (in-place updates allowed) with inductor, without Dynamo: traced
     with fake tensors by make_fx, so no guards run when it is called (call it with the same shapes,
-    dtypes and devices)."""
+    dtypes and devices). The fake mode has a shape environment, so inductor's and AOTAutograd's caches serve
+    it in the next process."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    fakes = [mode.from_tensor(x, static_shapes=True) for x in example_inputs]
     with torch.no_grad():
-        gm = make_fx(fn, tracing_mode="fake")(*example_inputs)
-        return compile_fx(gm, example_inputs)
+        with mode:
+            gm = make_fx(fn)(*fakes)
+        return compile_fx(gm, fakes)
 
 
 def sym_expr(x: Any):

@@ -109,7 +109,7 @@ def _add_inputs(gm: GraphModule, record: PipelineRecord, group: type[StateGroup]
         with gm.graph.inserting_after(after):
             p = gm.graph.placeholder(placeholder_name(group.prefix, rid, slot))
         _compat.mark_stateful_placeholder(p)
-        p.meta["val"] = fake
+        p.meta["val"] = p.meta["example_value"] = fake
         nodes[slot] = after = p
         record.inputs.append((group.prefix, rid, slot))
     return nodes

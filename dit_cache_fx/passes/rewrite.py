@@ -183,7 +183,7 @@ def _cached_branch(plan: RegionPlan) -> GraphModule:
 
 
 def propagate_values(gm: GraphModule, nodes: list[Node], fake_mode) -> None:
-    """Give each of `nodes` (new, in graph order) its value meta `val`, by running its target on the fake
+    """Give each of `nodes` (new, in graph order) its value meta, by running its target on the fake
     values of its inputs (placeholders and earlier nodes must have theirs). A cond's value is made from the
     values it stands for (`meta["dcf_value_like"]`), not by tracing its branches again."""
     def val(a):
@@ -195,12 +195,12 @@ def propagate_values(gm: GraphModule, nodes: list[Node], fake_mode) -> None:
         for node in nodes:
             like = node.meta.pop("dcf_value_like", None)
             if like is not None:
-                node.meta["val"] = tuple(torch.empty_like(val(x), memory_format=torch.contiguous_format).reshape(-1)
-                                         for x in like)
-                continue
-            args = torch.fx.node.map_aggregate(node.args, val)
-            kwargs = torch.fx.node.map_aggregate(node.kwargs, val)
-            if node.op == "call_method":
-                node.meta["val"] = getattr(args[0], node.target)(*args[1:], **kwargs)
+                value = tuple(torch.empty_like(val(x), memory_format=torch.contiguous_format).reshape(-1) for x in like)
             else:
-                node.meta["val"] = node.target(*args, **kwargs)
+                args = torch.fx.node.map_aggregate(node.args, val)
+                kwargs = torch.fx.node.map_aggregate(node.kwargs, val)
+                if node.op == "call_method":
+                    value = getattr(args[0], node.target)(*args[1:], **kwargs)
+                else:
+                    value = node.target(*args, **kwargs)
+            node.meta["val"] = node.meta["example_value"] = value  # under both keys, as Dynamo's nodes
