@@ -2,6 +2,7 @@
 
     python bench/bench_compile.py            # hidden 512, 4 double + 8 single blocks, 1024 image tokens
     python bench/bench_compile.py --quick    # a smaller config for a smoke run
+    python bench/bench_compile.py --resolutions-only   # static shapes vs dynamic=True over 3 resolutions
 
 All variants run in one process, interleaved generation by generation, and are reported as ratios.
 Compile times are measured in fresh subprocesses, each with its own inductor cache directory, cold and
@@ -110,6 +111,39 @@ def call_overhead(repeats: int = 5, calls: int = 50) -> tuple[float, float]:
     return tuple(statistics.median(times[k][1:]) for k in variants)
 
 
+def resolution_rows(cfg_name: str, steps: int, sides: tuple[int, ...]) -> list[str]:
+    """One model over several resolutions: static shapes (a compile per resolution) vs dynamic=True (one set of
+    graphs). Per resolution: first-generation seconds (compiles) and the cached speedup (always-cache after
+    warmup vs threshold 0, the same compiled module switched with configure)."""
+    from torch._dynamo.utils import counters
+
+    out: dict = {}
+    for dynamic in (False, True):
+        model, _ = build(CONFIGS[cfg_name])
+        m = dit_cache_fx.compile(model, cache="F1B0_W2_R0", dynamic=dynamic)
+        counters.clear()
+        for side in sides:
+            inputs = build(dict(CONFIGS[cfg_name], side=side))[1]
+            first = generation(m, inputs, steps)
+            dit_cache_fx.configure(m, residual_diff_threshold=0.0)
+            r0 = statistics.median(generation(m, inputs, steps) for _ in range(2))
+            dit_cache_fx.configure(m, residual_diff_threshold=1.0)
+            cached = statistics.median(generation(m, inputs, steps) for _ in range(2))
+            out[(dynamic, side)] = (first, r0 / cached, len(dit_cache_fx.summary(m).cached_steps))
+            dit_cache_fx.configure(m, residual_diff_threshold=0.0)
+        out[(dynamic, "graphs")] = len(dit_cache_fx.api.handle_of(m).graphs)
+    lines = ["", f"| resolution ({steps} steps) | static: first generation s | static: cached speedup | "
+             "dynamic=True: first generation s | dynamic=True: cached speedup |", "|---|---|---|---|---|"]
+    for side in sides:
+        (fs, ss, k), (fd, sd, _) = out[(False, side)], out[(True, side)]
+        lines.append(f"| {side * side} image tokens ({k}/{steps} cached) | {fs:.1f} | {ss:.2f}x | {fd:.1f} | {sd:.2f}x |")
+    total_s = sum(out[(False, s)][0] for s in sides)
+    total_d = sum(out[(True, s)][0] for s in sides)
+    lines.append(f"| all ({out[(False, 'graphs')]} vs {out[(True, 'graphs')]} graphs) | {total_s:.1f} | | "
+                 f"{total_d:.1f} ({total_d / total_s:.2f}x of static) | |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
@@ -120,11 +154,16 @@ def main() -> None:
     p.add_argument("--out", default=None, help="also write the report to this markdown file")
     p.add_argument("--compile-repeats", type=int, default=3)
     p.add_argument("--compile-only", action="store_true", help="only the fresh-process compile-time table")
+    p.add_argument("--resolutions-only", action="store_true", help="only the static vs dynamic=True resolution rows")
     a = p.parse_args()
     if a.child:
         return compile_time_child(a.child, a.config)
     if a.compile_only:
         print("\n".join(compile_table(compile_times("quick" if a.quick else "full", a.compile_repeats))))
+        return None
+    sides = (12, 16, 24) if a.quick else (24, 32, 40)
+    if a.resolutions_only:
+        print("\n".join(resolution_rows("quick" if a.quick else "full", a.steps, sides)))
         return None
     cfg_name = "quick" if a.quick else "full"
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -172,6 +211,7 @@ def main() -> None:
                  f"({us_dcf - us_plain:+.0f} µs)")
     lines += ["", f"compile times: median of {a.compile_repeats} fresh cache directories"]
     lines += compile_table(compile_times(cfg_name, a.compile_repeats))
+    lines += resolution_rows(cfg_name, S, sides)
     report = "\n".join(lines)
     print(report)
     if a.out:
