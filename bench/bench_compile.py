@@ -28,6 +28,14 @@ import dit_cache_fx
 CONFIGS = {
     "full": dict(hidden_heads=8, head_dim=64, double=4, single=8, side=32, txt=64),
     "quick": dict(hidden_heads=4, head_dim=32, double=2, single=4, side=16, txt=16),
+    "deep": dict(hidden_heads=4, head_dim=32, double=4, single=16, side=16, txt=16),  # 20 blocks: regional compile
+}
+# first-call variants measured in fresh processes
+KINDS = {
+    "torch.compile": lambda m: torch.compile(m),
+    "regional compile (diffusers)": lambda m: (m.compile_repeated_blocks(), m)[1],
+    "dit_cache_fx": lambda m: dit_cache_fx.compile(m, cache="F1B0_W2_R1.0"),
+    "dit_cache_fx regional": lambda m: dit_cache_fx.compile(m, cache="F1B0_W2_R1.0", regional=True),
 }
 
 
@@ -63,7 +71,7 @@ def compile_time_child(kind: str, cfg_name: str) -> None:
     from torch._dynamo.utils import counters
 
     model, inputs = build(CONFIGS[cfg_name])
-    cm = torch.compile(model) if kind == "inductor" else dit_cache_fx.compile(model, cache="F1B0_W2_R1.0")
+    cm = KINDS[{"inductor": "torch.compile", "dit_cache_fx": "dit_cache_fx"}.get(kind, kind)](model)
     t0 = time.perf_counter()
     with torch.no_grad():
         cm(timestep=torch.ones(1), **inputs)
@@ -111,6 +119,46 @@ def call_overhead(repeats: int = 5, calls: int = 50) -> tuple[float, float]:
     return tuple(statistics.median(times[k][1:]) for k in variants)
 
 
+def regional_rows(repeats: int, steps: int) -> list[str]:
+    """Deep model (20 blocks): first-call seconds of each kind in fresh processes (cold: an empty inductor
+    cache directory; warm: the same directory again), then steady ms/step of each, interleaved in one process
+    (dit_cache_fx at threshold 0, computing everything, and always-cache after warmup)."""
+    first: dict = {}
+    for _ in range(repeats):
+        dirs = {kind: tempfile.mkdtemp(prefix="dcf_bench_regional_") for kind in KINDS}
+        for state in ("cold", "warm"):
+            for kind, cache_dir in dirs.items():
+                env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
+                r = subprocess.run([sys.executable, __file__, "--child", kind, "--config", "deep"], env=env,
+                                   capture_output=True, text=True, check=True)
+                first.setdefault((state, kind), []).append(json.loads(r.stdout.strip().splitlines()[-1])["seconds"])
+    variants = {kind: make(build(CONFIGS["deep"])[0]) for kind, make in KINDS.items()}
+    inputs = build(CONFIGS["deep"])[1]
+    for m in variants.values():
+        generation(m, inputs, steps)
+    rows = {}
+    for label, thr in (("R0", 0.0), ("R1.0", 1.0)):
+        for kind, m in variants.items():
+            if kind.startswith("dit_cache_fx"):
+                dit_cache_fx.configure(m, residual_diff_threshold=thr)
+        times = {k: [] for k in variants}
+        for _ in range(3):
+            for kind, m in variants.items():
+                times[kind].append(generation(m, inputs, steps) / steps * 1e3)
+        rows[label] = {k: statistics.median(v) for k, v in times.items()}
+    reg = "regional compile (diffusers)"
+    lines = ["", f"Deep model (4 double + 16 single blocks, hidden 128, 256 image tokens), {steps} steps; first call "
+             f"in fresh processes (median of {repeats}), steady ms/step interleaved in one process:", "",
+             "| variant | cold first call s | vs regional | warm first call s | ms/step (R0: everything computed) | "
+             "ms/step (always cache after W2) |", "|---|---|---|---|---|---|"]
+    for kind in KINDS:
+        cold, warm = (statistics.median(first[(s, kind)]) for s in ("cold", "warm"))
+        cached = f"{rows['R1.0'][kind]:.1f}" if kind.startswith("dit_cache_fx") else "-"
+        lines.append(f"| {kind} | {cold:.1f} | {cold / statistics.median(first[('cold', reg)]):.2f}x | {warm:.1f} | "
+                     f"{rows['R0'][kind]:.1f} | {cached} |")
+    return lines
+
+
 def resolution_rows(cfg_name: str, steps: int, sides: tuple[int, ...]) -> list[str]:
     """One model over several resolutions: static shapes (a compile per resolution) vs dynamic=True (one set of
     graphs). Per resolution: first-generation seconds (compiles) and the cached speedup (always-cache after
@@ -149,12 +197,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--child", choices=["inductor", "dit_cache_fx"])
+    p.add_argument("--child", choices=["inductor", "dit_cache_fx", *KINDS])
     p.add_argument("--config", default="full")
     p.add_argument("--out", default=None, help="also write the report to this markdown file")
     p.add_argument("--compile-repeats", type=int, default=3)
     p.add_argument("--compile-only", action="store_true", help="only the fresh-process compile-time table")
     p.add_argument("--resolutions-only", action="store_true", help="only the static vs dynamic=True resolution rows")
+    p.add_argument("--regional-only", action="store_true", help="only the regional-compile rows (deep model)")
     a = p.parse_args()
     if a.child:
         return compile_time_child(a.child, a.config)
@@ -164,6 +213,9 @@ def main() -> None:
     sides = (12, 16, 24) if a.quick else (24, 32, 40)
     if a.resolutions_only:
         print("\n".join(resolution_rows("quick" if a.quick else "full", a.steps, sides)))
+        return None
+    if a.regional_only:
+        print("\n".join(regional_rows(a.compile_repeats, a.steps)))
         return None
     cfg_name = "quick" if a.quick else "full"
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -19,7 +19,8 @@ _HANDLE_ATTR = "_dit_cache_fx"
 
 
 def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: str = "raise",
-            max_shapes: int = 4, process_group: Any = None, **torch_compile_kwargs: Any) -> torch.nn.Module:
+            max_shapes: int = 4, process_group: Any = None, regional: bool = False,
+            **torch_compile_kwargs: Any) -> torch.nn.Module:
     """Compile `module` with DBCache step caching rewritten into the graph.
 
     Args:
@@ -35,6 +36,9 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
         process_group: the ranks that share the sequence, whose diff sums are added before every decision
             (a ProcessGroup or its name). Default: taken from the model's diffusers context-parallel config
             (`enable_parallelism` before `compile`); give it for models parallelised by other means.
+        regional: compile each distinct block once and call it from every instance (in Fn, in the cond's
+            Mn branch, in Bn) instead of compiling the whole model as one graph: a shorter first call on deep
+            models, no fusion across block boundaries (`runtime/regional.py`).
         **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, `dynamic`, ...); `mode=` and
             `options=` become inductor config for our backend, as with the default backend.
 
@@ -67,7 +71,7 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
         check_block_lists(module, specs)
     group = _compat.group_name(process_group) if process_group is not None else _compat.context_parallel_group(module)
     handle = CacheHandle(specs, forward_signature(module), StateStore(specs.step_config.enable_separate_cfg, max_shapes),
-                         on_no_blocks, options, torch_compile_kwargs["dynamic"], group=group,
+                         on_no_blocks, options, torch_compile_kwargs["dynamic"], group=group, regional=regional,
                          block_modules=_block_modules(module))
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)

@@ -24,6 +24,7 @@ from . import _compat
 from .config import RunSpecs
 from .errors import CachePlanError
 from .passes.graph_utils import placeholders, value_of
+from .passes.outline import outline_blocks
 from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
 from .passes.timestep import find_timestep
 from .runtime import registry, step
@@ -99,6 +100,7 @@ class CacheHandle:
     inductor_options: dict = field(default_factory=dict)
     dynamic: bool | None = False
     group: str | None = None  # process group summing the diff (context parallel)
+    regional: bool = False  # each distinct block compiled once (passes/outline.py)
     block_modules: dict[str, set[str]] = field(default_factory=dict)  # block list -> names of modules in a block
     graphs: list[GraphInfo] = field(default_factory=list)
     timestep: InputPath | None = None
@@ -248,6 +250,9 @@ class CacheBackend:
             self._find_timestep(gm, arg_of, names)
             hidden_inputs = [p for p in inputs if names and arg_of(p) == names[0]]
             record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]), h.group)
+        if h.regional:
+            for g in [gm, *(getattr(gm, f"{r.rid}_compute") for r in record.regions)]:
+                outline_blocks(g)
         info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm))
         h.graphs.append(info)
         mode = _compat.backend_fake_mode(example_inputs)
