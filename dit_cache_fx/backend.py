@@ -24,10 +24,10 @@ from . import _compat
 from .config import RunSpecs
 from .errors import CachePlanError
 from .passes.graph_utils import placeholders, value_of
-from .passes.outline import outline_blocks
+from .passes.outline import outline_graph
 from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
 from .passes.timestep import find_timestep
-from .runtime import registry, step
+from .runtime import regional, registry, step
 from .runtime.layout import RegionDims
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,13 @@ class GraphRunner:
     def __call__(self, *args):
         h = self.handle
         h.classify(self.device)
+        if h.regional:
+            with regional.graph_inputs(args):
+                return self._run(args)
+        return self._run(args)
+
+    def _run(self, args: tuple):
+        h = self.handle
         if not self.regions:
             with torch.no_grad():
                 return self.compiled(*args)
@@ -251,8 +258,7 @@ class CacheBackend:
             hidden_inputs = [p for p in inputs if names and arg_of(p) == names[0]]
             record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]), h.group)
         if h.regional:
-            for g in [gm, *(getattr(gm, f"{r.rid}_compute") for r in record.regions)]:
-                outline_blocks(g)
+            outline_graph(gm, {p: i for i, p in enumerate(inputs)})
         info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm))
         h.graphs.append(info)
         mode = _compat.backend_fake_mode(example_inputs)

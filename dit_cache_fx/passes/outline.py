@@ -1,24 +1,32 @@
 """Mutation (regional mode): outline every block into one call of its block code (`runtime.regional`).
 
-Before (block 3 of a run; names shortened)::
+Before (block 3 of a run, and a cond whose compute branch holds blocks 4-5; names shortened)::
 
-    h4, e4 = <block 3 nodes>(h3, e3, temb, rope, params3)
+    h4, e4 = <block 3 nodes>(h3, e3, temb, rope, w3)          # w3: the block's weights (graph inputs)
+    r = cond(use_cache, r0_cached, r0_compute, (h4, e4, ..., temb, rope, w4, w5))
 
 After::
 
-    outs = torch.ops.dit_cache_fx.block([h3, e3, temb, rope, *params3], key=K)
+    outs = torch.ops.dit_cache_fx.block([h3, e3, temb, rope], key=K, slots=[-1, -1, -1, -1, 17, 18, ...])
     h4, e4 = outs[0], outs[1]
+    r = cond(use_cache, r0_cached, r0_compute, (h4, e4, ..., temb, rope))   # weights no longer operands
 
 All blocks with the same code (up to renaming) and the same input shapes, dtypes and strides get the same
-`K`, so one compilation serves them. Outputs that are views of each other or of an input, or not contiguous
-(Flux's single blocks return two slices of one tensor), are cloned inside the block: a custom op's outputs
-must not alias, and the next block then sees the same strides as this one did. Blocks with a non-tensor input (a symbolic size under `dynamic=True`) stay inline. Run after the cache
-rewrite, on the model's graph and on every cond compute branch.
+`K`, so one compilation serves them; a block whose code is another's with some outputs unused (the last
+block of a list, whose second stream nobody reads) reuses that code and reads the outputs it needs, as
+regional compilation of the block class would. Inputs that are graph inputs (the weights) are passed by
+slot (`runtime.regional`). Outputs that are views of each other or of an input, or not contiguous (Flux's
+single blocks return two slices of one tensor), are cloned inside the block: a custom op's outputs must
+not alias, and the next block then sees the same strides as this one did. Blocks with a non-tensor input
+or a symbolic size (`dynamic=True`) stay inline. Run after the cache rewrite.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch.fx import Graph, GraphModule, Node
@@ -29,62 +37,167 @@ from .blocks import Block, find_blocks
 from .graph_utils import value_of
 
 
-def outline_blocks(gm: GraphModule) -> int:
-    """Outline the blocks of `gm` in place; returns how many were outlined."""
-    count = 0
+@dataclass
+class _Site:
+    """One block to outline: where it is, what it reads, which inputs come by slot."""
+
+    gm: GraphModule
+    block: Block
+    slots: Mapping[Node, int]
+    raw: GraphModule
+    values: list
+    out_values: list
+    inputs: tuple[str, ...]  # shape, dtype, strides and device of each input as the block code will see it
+
+
+def outline_graph(gm: GraphModule, slots: Mapping[Node, int]) -> int:
+    """Outline the blocks of `gm` and of its conds' branches, then drop the cond operands no branch reads
+    any more; `slots` maps the graph inputs to their positions. Returns how many blocks were outlined."""
+    conds = [n for n in gm.graph.nodes if n.target is torch.ops.higher_order.cond]
+    sites = _sites(gm, slots, set())
+    produced = {o for site in sites for o in site.block.outputs}  # become the op's fresh row-major outputs
+    graphs = [gm]
+    for cond in conds:
+        for attr in cond.args[1:3]:
+            branch = getattr(gm, attr.target)
+            phs = [p for p in branch.graph.nodes if p.op == "placeholder"]
+            fed = {p for p, o in zip(phs, cond.args[3]) if o in produced}
+            sites += _sites(branch, {p: slots[o] for p, o in zip(phs, cond.args[3]) if o in slots}, fed)
+            graphs.append(branch)
+    codes = {}  # codes with more outputs first, so that blocks with fewer can reuse them
+    for site in sorted(sites, key=lambda s: -len(s.out_values)):
+        codes[id(site)] = _code_for(site)
+    for site in sites:
+        _replace(site, *codes[id(site)])
+    for g in graphs:
+        g.graph.lint()
+        g.recompile()
+    for cond in conds:
+        prune_cond_operands(gm, cond)
+    if sites:
+        gm.graph.lint()
+        gm.recompile()
+    return len(sites)
+
+
+def _sites(gm: GraphModule, slots: Mapping[Node, int], fed: set[Node]) -> list[_Site]:
+    """The blocks of `gm` that can be outlined (all inputs tensors); `fed`: inputs another block makes."""
+    sites = []
     for block in find_blocks(gm):
         ins, outs = block.inputs, block.outputs
         values = [value_of(n) for n in ins]
-        if not outs or not all(isinstance(v, torch.Tensor) for v in values):
+        if not outs or not all(isinstance(v, torch.Tensor) and _static(v) for v in values):
             continue
-        sub, copied = _extract(block, ins, outs)
-        key = regional.register(_signature(sub, values), sub,
-                                tuple((tuple(value_of(o).shape), value_of(o).dtype) for o in outs))
-        # what the op returns: the outputs, those it copies now contiguous
-        results = [torch.empty_like(value_of(o), memory_format=torch.contiguous_format) if c else value_of(o)
-                   for o, c in zip(outs, copied)]
-        with gm.graph.inserting_before(block.nodes[0]):
-            call = gm.graph.call_function(torch.ops.dit_cache_fx.block.default, (list(ins), key))
-            call.meta["val"] = call.meta["example_value"] = results
-            getitems = []
-            for i, v in enumerate(results):
-                g = gm.graph.call_function(operator.getitem, (call, i))
-                g.meta["val"] = g.meta["example_value"] = v
-                getitems.append(g)
-        inside = set(block.nodes)
-        for o, g in zip(outs, getitems):
-            o.replace_all_uses_with(g, delete_user_cb=lambda u, inside=inside: u not in inside)
-        for n in reversed(block.nodes):
-            gm.graph.erase_node(n)
-        count += 1
-    if count:
-        gm.graph.lint()
-        gm.recompile()
-    return count
+        produced = fed | {o for s in sites for o in s.block.outputs}
+        lines = tuple(_input_line(i, v, n in produced) for i, (n, v) in enumerate(zip(ins, values)))
+        sites.append(_Site(gm, block, slots, _extract(block.nodes, ins, outs), values, [value_of(o) for o in outs],
+                           lines))
+    return sites
 
 
-def _extract(block: Block, ins: list[Node], outs: list[Node]) -> tuple[GraphModule, list[bool]]:
-    """The block as a GraphModule, and which outputs it copies."""
+def _replace(site: _Site, key: int, picks: list[int]) -> None:
+    """Replace the block's nodes by one call of code `key`, reading its outputs `picks`."""
+    graph, block, slots = site.gm.graph, site.block, site.slots
+    ins, outs = block.inputs, block.outputs
+    with _compat.fake_mode_of(site.values):  # what the op returns: fresh row-major tensors
+        results = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in regional.BLOCKS[key].outputs]
+    tensors = [n for n in ins if n not in slots]
+    where = [slots.get(n, -1) for n in ins]
+    with graph.inserting_before(block.nodes[0]):
+        call = graph.call_function(torch.ops.dit_cache_fx.block.default, (tensors, key, where))
+        call.meta["val"] = call.meta["example_value"] = results
+        getitems = []
+        for i in picks:
+            g = graph.call_function(operator.getitem, (call, i))
+            g.meta["val"] = g.meta["example_value"] = results[i]
+            getitems.append(g)
+    inside = set(block.nodes)
+    for o, g in zip(outs, getitems):
+        o.replace_all_uses_with(g, delete_user_cb=lambda u: u not in inside)
+    for n in reversed(block.nodes):
+        graph.erase_node(n)
+
+
+def prune_cond_operands(gm: GraphModule, cond: Node) -> None:
+    """Drop the operands of `cond` that neither branch reads (with their placeholders)."""
+    branches = [getattr(gm, a.target) for a in cond.args[1:3]]
+    phs = [[p for p in b.graph.nodes if p.op == "placeholder"] for b in branches]
+    dead = [i for i in range(len(cond.args[3])) if all(not ps[i].users for ps in phs)]
+    if not dead:
+        return
+    for b, ps in zip(branches, phs):
+        for i in dead:
+            b.graph.erase_node(ps[i])
+        b.graph.lint()
+        b.recompile()
+    cond.args = (*cond.args[:3], tuple(o for i, o in enumerate(cond.args[3]) if i not in set(dead)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# block code
+
+
+def _code_for(site: _Site) -> tuple[int, list[int]]:
+    """The key of the code that computes this block, and which of its outputs are the block's."""
+    raw, values, out_values, inputs = site.raw, site.values, site.out_values, site.inputs
+    signature = "\n".join([*inputs, *_code_lines(raw)])
+    for key, code in regional.BLOCKS.items():  # an existing code that computes these outputs and more
+        if code.inputs == inputs and len(code.outputs) > len(out_values):
+            picks = _subset_matching(code.raw, len(out_values), signature, inputs)
+            if picks is not None:
+                return key, picks
+    gm = _contiguous_outputs(raw, values, out_values)
+    outputs = tuple((tuple(v.shape), v.dtype, v.device) for v in out_values)
+    return regional.register(signature, regional.BlockCode(gm, raw, inputs, outputs)), list(range(len(out_values)))
+
+
+def _subset_matching(raw: GraphModule, k: int, signature: str, inputs: tuple[str, ...]) -> list[int] | None:
+    """Indices of `k` outputs of `raw` whose dead-code-free graph has `signature` (all inputs still read)."""
+    n_out = len(next(n for n in raw.graph.nodes if n.op == "output").args[0])
+    for picks in itertools.combinations(range(n_out), k):
+        g = Graph()
+        out = g.graph_copy(raw.graph, {})
+        g.output(tuple(out[i] for i in picks))
+        g.eliminate_dead_code()
+        if any(p.op == "placeholder" and not p.users for p in g.nodes):
+            continue
+        if "\n".join([*inputs, *_code_lines(GraphModule(torch.nn.Module(), g))]) == signature:
+            return list(picks)
+    return None
+
+
+def _extract(nodes: tuple[Node, ...], ins: list[Node], outs: list[Node]) -> GraphModule:
+    """The block's nodes as a GraphModule: `ins` → `outs`."""
     g = Graph()
     env = {}
     for i, n in enumerate(ins):
         env[n] = g.placeholder(f"in{i}")
         env[n].meta = {k: v for k, v in n.meta.items() if k in ("val", "example_value", "tensor_meta")}
-    for n in block.nodes:
+    for n in nodes:
         env[n] = g.node_copy(n, lambda x: env[x])
-    seen = {_compat.storage_key(value_of(n)) for n in ins}
-    results, copied = [], []
-    for o in outs:
-        key, v = _compat.storage_key(value_of(o)), value_of(o)
-        node = env[o]
-        copy = key in seen or not _row_major(v)  # a view: a copy of its own, row-major as the next input
-        if copy:
+    g.output(tuple(env[o] for o in outs))
+    return GraphModule(torch.nn.Module(), g)
+
+
+def _contiguous_outputs(raw: GraphModule, values: list, out_values: list) -> GraphModule:
+    """`raw` with each output that is a view (of an input or of another output) or not row-major copied
+    to a row-major tensor of its own."""
+    g = Graph()
+    outs = g.graph_copy(raw.graph, {})
+    seen = {_compat.storage_key(v) for v in values}
+    results = []
+    for node, v in zip(outs, out_values):
+        key = _compat.storage_key(v)
+        if key in seen or not _row_major(v):
             node = g.call_method("clone", (node,), {"memory_format": torch.contiguous_format})
         seen.add(key)
         results.append(node)
-        copied.append(copy)
     g.output(tuple(results))
-    return GraphModule(torch.nn.Module(), g), copied
+    return GraphModule(torch.nn.Module(), g)
+
+
+def _static(v: torch.Tensor) -> bool:
+    return all(_compat.sym_expr(d) is None for d in (*v.shape, *v.stride()))
 
 
 def _row_major(v: torch.Tensor) -> bool:
@@ -97,12 +210,17 @@ def _row_major(v: torch.Tensor) -> bool:
     return True
 
 
-def _signature(gm: GraphModule, inputs: list) -> str:
-    """The block's code up to renaming, with its inputs' shapes, dtypes and strides."""
+def _input_line(i: int, v: torch.Tensor, row_major: bool) -> str:
+    stride = torch.empty(v.shape, device="meta").stride() if row_major else v.stride()
+    return f"in{i}:{tuple(v.shape)}:{v.dtype}:{tuple(stride)}:{v.device}"
+
+
+def _code_lines(gm: GraphModule) -> list[str]:
+    """The code up to renaming."""
     names: dict[str, str] = {}
-    lines = [f"in{i}:{tuple(v.shape)}:{v.dtype}:{tuple(v.stride())}" for i, v in enumerate(inputs)]
+    lines = []
     for n in gm.graph.nodes:
         names[n.name] = f"%{len(names)}"
         args = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: names[a.name])
         lines.append(f"{names[n.name]}={n.op}:{getattr(n.target, '__qualname__', n.target)}{args}")
-    return "\n".join(lines)
+    return lines

@@ -3,7 +3,7 @@
 `passes/outline.py` replaces the nodes of each block — in the model's graph (Fn, Bn, uncached runs) and in
 every cond's compute branch (Mn) — by one call of the opaque op
 
-    torch.ops.dit_cache_fx.block(inputs: Tensor[], key: int) -> Tensor[]
+    torch.ops.dit_cache_fx.block(inputs: Tensor[], key: int, slots: int[]) -> Tensor[]
 
 `key` names the block's code (its graph, up to renaming, and its inputs' shapes, dtypes and strides): the
 instances of one block class share one key, so inductor compiles each distinct block once (on its first
@@ -11,13 +11,21 @@ call), and the outer graph — embeddings, the cache's decision and cond, the mo
 compiled graph with no graph break. Nothing fuses across a block boundary (the cost regional compilation
 always has); the cond still decides in the graph.
 
+`slots` says where each input of the code comes from: `-1` the next tensor of `inputs`, `i >= 0` the
+outer graph's input `i` of the current call (`graph_inputs`). The blocks' weights are graph inputs that
+Dynamo passes on every call; fetched by slot, they are not edges of the outer graph, so they are neither
+cond operands nor arguments AOTAutograd and inductor trace through, and a model's hundreds of weights
+cost the outer graph's compilation nothing.
+
 `BLOCKS` is the process-wide table of block code, like inductor's own code cache: entries are immutable once
 registered and shared by every compiled model with the same blocks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -30,38 +38,62 @@ from .. import _compat
 @dataclass
 class BlockCode:
     gm: GraphModule  # the block: its inputs → its outputs (torch IR, as Dynamo traced it)
-    outputs: tuple[tuple[tuple[int, ...], torch.dtype], ...]  # (shape, dtype) of each output
-    compiled: object = None  # inductor's callable, made on the first call
+    raw: GraphModule  # the same before its outputs were made contiguous (blocks are matched on it)
+    inputs: tuple[str, ...]  # shape, dtype and strides of each input
+    outputs: tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]  # shape, dtype, device of each output
+    compiled: dict = field(default_factory=dict)  # inputs' (shape, strides) -> inductor's callable
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, inputs: list[Tensor]) -> list[Tensor]:
-        if self.compiled is None:
+        layout = tuple((x.shape, x.stride()) for x in inputs)  # compiled code assumes its inputs' strides
+        fn = self.compiled.get(layout)
+        if fn is None:
             with self.lock:
-                if self.compiled is None:
-                    self.compiled = _compat.compile_function(self.gm, inputs)
-        return list(self.compiled(*inputs))
+                fn = self.compiled.get(layout)
+                if fn is None:
+                    fn = self.compiled[layout] = _compat.compile_function(self.gm, inputs)
+        return list(fn(*inputs))
 
 
 BLOCKS: dict[int, BlockCode] = {}
 _KEYS: dict[str, int] = {}
+_FRAMES = threading.local()
 
 
-def register(signature: str, gm: GraphModule, outputs: tuple) -> int:
+def register(signature: str, code: BlockCode) -> int:
     """The key of the block code with this signature (registered on first sight)."""
     key = _KEYS.get(signature)
     if key is None:
         key = _KEYS[signature] = len(_KEYS)
-        BLOCKS[key] = BlockCode(gm, outputs)
+        BLOCKS[key] = code
     return key
 
 
+@contextlib.contextmanager
+def graph_inputs(args: tuple) -> Iterator[None]:
+    """While a compiled outer graph runs: its inputs, which its block calls read by slot."""
+    stack = _FRAMES.__dict__.setdefault("stack", [])
+    stack.append(args)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _gather(inputs: list[Tensor], slots: list[int]) -> list[Tensor]:
+    stack = getattr(_FRAMES, "stack", None)
+    if not stack:
+        raise RuntimeError("dit_cache_fx::block reads graph inputs by slot: call it from a compiled model")
+    frame, it = stack[-1], iter(inputs)
+    return [next(it) if s < 0 else frame[s] for s in slots]
+
+
 @torch.library.custom_op("dit_cache_fx::block", mutates_args=())
-def block(inputs: list[Tensor], key: int) -> list[Tensor]:
-    """Run the compiled code of block `key` on `inputs` (compiling it on its first call)."""
-    return BLOCKS[key](inputs)
+def block(inputs: list[Tensor], key: int, slots: list[int]) -> list[Tensor]:
+    """Run the compiled code of block `key` on its inputs (compiling it on its first call)."""
+    return BLOCKS[key](_gather(inputs, slots))
 
 
 @block.register_fake
-def _block_fake(inputs: list[Tensor], key: int) -> list[Tensor]:
-    device = inputs[0].device
-    return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in BLOCKS[key].outputs]
+def _block_fake(inputs: list[Tensor], key: int, slots: list[int]) -> list[Tensor]:
+    return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in BLOCKS[key].outputs]
