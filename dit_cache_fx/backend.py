@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import operator
 import re
 import warnings
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from . import _compat
 from .config import RunSpecs
 from .errors import CachePlanError
 from .passes.graph_utils import placeholders, value_of
-from .passes.outline import outline_graph
+from .passes.outline import drop_unused_inputs, outline_graph
 from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
 from .passes.timestep import find_timestep
 from .runtime import regional, registry, step
@@ -119,10 +120,15 @@ class CacheHandle:
     def begin_call(self, args: tuple, kwargs: dict) -> None:
         self.pending, self.ran, self.call_args = True, False, (args, kwargs)
 
-    def classify(self, device: torch.device | None) -> None:
-        """Advance the step context for the current call (once per call, by the first graph that runs)."""
+    def classify(self, device: torch.device | None, in_graph: bool = False) -> None:
+        """Advance the step context for the current call (once per call, by the first graph that runs):
+        mark it pending for a graph that classifies it itself (`in_graph`), else classify it here."""
         self.ran = True
         if not self.pending or device is None:
+            return
+        if in_graph:
+            self.store.context(device).pending.fill_(True)
+            self.pending = False
             return
         if self.timestep is None:
             raise CachePlanError(
@@ -139,15 +145,20 @@ class GraphRunner:
     """The callable the backend returns for a graph: appends the state tensors and runs it without grad."""
 
     def __init__(self, handle: CacheHandle, compiled: Callable, regions: list[RegionRecord],
-                 symbols: dict, device: torch.device | None) -> None:
+                 symbols: dict, device: torch.device | None, kept: list[int] | None = None) -> None:
         self.handle, self.compiled, self.regions, self.device = handle, compiled, regions, device
+        self.classifies = False  # the graph classifies a pending call itself
+        # the Dynamo inputs the compiled graph takes (regional mode drops the weights only blocks read)
+        n = len(kept) if kept is not None else 0
+        self.select = None if kept is None else (lambda a: ()) if n == 0 else (
+            (lambda a, i=kept[0]: (a[i],)) if n == 1 else operator.itemgetter(*kept))
         self.shape_of = [_dims_evaluator(r.dims, symbols) for r in regions]
         self._extra: dict[tuple, list[torch.Tensor]] = {}
         self._epoch = -1
 
     def __call__(self, *args):
         h = self.handle
-        h.classify(self.device)
+        h.classify(self.device, self.classifies)
         if h.regional:
             with regional.graph_inputs(args):
                 return self._run(args)
@@ -155,9 +166,10 @@ class GraphRunner:
 
     def _run(self, args: tuple):
         h = self.handle
+        taken = args if self.select is None else self.select(args)
         if not self.regions:
             with torch.no_grad():
-                return self.compiled(*args)
+                return self.compiled(*taken)
         keys = tuple(ev(args)[0] for ev in self.shape_of)
         if self._epoch != h.store.epoch:
             self._extra.clear()
@@ -166,7 +178,7 @@ class GraphRunner:
         if extra is None:
             extra = self._extra[keys] = self._tensors(args)
         with torch.no_grad():
-            return self.compiled(*args, *extra)
+            return self.compiled(*taken, *extra)
 
     def _tensors(self, args) -> list[torch.Tensor]:
         store = self.handle.store
@@ -254,17 +266,21 @@ class CacheBackend:
         self._note_graph(shapes)
         record = PipelineRecord(gm.code)
         if h.specs.enabled:
-            self._find_timestep(gm, arg_of, names)
+            timestep = self._find_timestep(gm, arg_of, names)
             hidden_inputs = [p for p in inputs if names and arg_of(p) == names[0]]
-            record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]), h.group)
+            record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]), h.group,
+                                timestep)
+        kept = None
         if h.regional:
             outline_graph(gm, {p: i for i, p in enumerate(inputs)})
+            kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
+            example_inputs = [example_inputs[i] for i in kept]
         info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm))
         h.graphs.append(info)
         mode = _compat.backend_fake_mode(example_inputs)
         with mode:  # the state inputs' example values, in the fake mode inductor traces with
             fakes = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in
-                     (value_of(n) for n in placeholders(gm)[len(inputs):])]
+                     (value_of(n) for n in placeholders(gm)[len(example_inputs):])]
         device = value_of(record.regions[0].plan.fn_out).device if record.regions else None
         if record.regions:
             log.info("dit_cache_fx: %s", "; ".join(f"{r.plan.name}: {r.plan.split_text()}" for r in record.regions))
@@ -272,10 +288,11 @@ class CacheBackend:
             compiled = _compat.compile_fx(gm, [*example_inputs, *fakes], h.inductor_options)
         if device is None and h.store.ctx is not None:
             device = h.store.ctx.call.device
-        info.runner = GraphRunner(h, compiled, record.regions, _symbols(inputs), device)
+        info.runner = GraphRunner(h, compiled, record.regions, _symbols(inputs), device, kept)
+        info.runner.classifies = record.classifies
         return info.runner
 
-    def _find_timestep(self, gm: GraphModule, arg_of, names: list[str]) -> None:
+    def _find_timestep(self, gm: GraphModule, arg_of, names: list[str]) -> Node | None:
         h = self.handle
         override = h.specs.step_config.timestep_arg
         node = find_timestep(gm, arg_of, names, override)
@@ -283,6 +300,7 @@ class CacheBackend:
         if node is not None and h.timestep is None:
             h.timestep = InputPath.of(node)
             log.info("dit_cache_fx: the timestep is the input %r", arg_of(node))
+        return node
 
     def _note_graph(self, shapes: dict[str, tuple]) -> None:
         h = self.handle

@@ -107,3 +107,44 @@ def test_policy_tensors_match_reference_on_masks(preset, policy_name):
     assert got == reference.decision_string(config, 28, diffs)
     if policy_name == "static":
         assert all(g == "0" for g, m in zip(got, SCM_GOLDEN[preset]) if m == "0")
+
+
+def test_classify_pending_classifies_only_a_pending_call():
+    ts = [t for t in SIGMAS for _ in (0, 1)]
+    ctx, twin = StepContext.allocate("cpu"), StepContext.allocate("cpu")
+    for i, t in enumerate(ts):
+        t = torch.tensor([t])
+        ctx.pending.fill_(True)
+        step.classify_pending(dict(ctx.flat()), t)
+        step.classify_call(twin, step.timestep_value(t))
+        assert not ctx.pending
+        assert all(torch.equal(a, b) for (n, a), (_, b) in zip(ctx.flat(), twin.flat()) if n != "pending")
+        if i == 3:  # not pending: a second graph of the same call leaves the context as it is
+            before = [x.clone() for x in ctx.tensors()]
+            step.classify_pending(dict(ctx.flat()), t)
+            assert all(torch.equal(a, b) for a, b in zip(ctx.tensors(), before))
+
+
+def test_a_graph_with_the_timestep_classifies_its_calls(monkeypatch):
+    """The compiled graph takes the timestep, so it classifies each call itself (the host only marks it
+    pending): the host classifier never runs, and the steps and branches are the oracle's (separate CFG)."""
+    import dit_cache_fx
+    from helpers import handle, oracle_run
+    from tiny_models import MODELS, run_loop
+
+    def host_classifier(*args):
+        raise AssertionError("the host classifier ran")
+
+    monkeypatch.setattr(step, "classify", host_classifier)
+    torch._dynamo.reset()
+    m = MODELS["flux"]
+    model = m.build()
+    spec = CacheConfig.parse("F1B0_W2MC2_R1.0")
+    _, ora = oracle_run(model, m, spec, steps=6, cfg=True)
+    compiled = dit_cache_fx.compile(model, cache=spec, fullgraph=True)
+    for _ in range(2):  # a second generation: the graph tells it apart too
+        run_loop(compiled, m, steps=6, cfg=True)
+    s = dit_cache_fx.summary(compiled)
+    assert int(handle(compiled).store.ctx.gen) == 2 and s.num_steps == 6 and s.separate_cfg
+    assert [s.branches[b].cached_steps for b in (0, 1)] == [ora.cached_steps(0), ora.cached_steps(1)]
+    assert ora.cached_steps(0)

@@ -118,6 +118,21 @@ def _replace(site: _Site, key: int, picks: list[int]) -> None:
         graph.erase_node(n)
 
 
+def drop_unused_inputs(gm: GraphModule, n: int) -> list[int]:
+    """Erase the unused tensor placeholders among the first `n` (the weights only the block code reads now);
+    returns the positions of the placeholders kept. AOTAutograd reads each placeholder's own Dynamo source
+    and static-input mark, so a graph with fewer inputs stays a Dynamo graph (as DDPOptimizer's pieces do)."""
+    kept = []
+    for i, p in enumerate([p for p in gm.graph.nodes if p.op == "placeholder"]):
+        if i < n and not p.users and isinstance(value_of(p), torch.Tensor):
+            gm.graph.erase_node(p)
+        else:
+            kept.append(i)
+    gm.graph.lint()
+    gm.recompile()
+    return kept
+
+
 def prune_cond_operands(gm: GraphModule, cond: Node) -> None:
     """Drop the operands of `cond` that neither branch reads (with their placeholders)."""
     branches = [getattr(gm, a.target) for a in cond.args[1:3]]

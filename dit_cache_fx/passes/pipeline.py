@@ -1,7 +1,8 @@
 """The pass pipeline for one Dynamo graph, in a fixed order (passes/README.md):
 
-    find_runs → plan_region per run (or run part) → per region: add its state inputs, rewrite_region,
-    propagate_values → check_graph
+    find_runs → plan_region per run (or run part) → add the step context inputs and, when the graph takes the
+    timestep, the call's classification (`step.classify_pending`, first) → per region: add its state inputs,
+    rewrite_region, propagate_values → check_graph
 
 A run that cannot be cut (too short for Fn + Bn, not a residual stream, ...) is skipped with its reason;
 a graph without regions is compiled as it is.
@@ -18,6 +19,7 @@ from torch.fx import GraphModule, Node
 from .. import _compat
 from ..config import RunSpecs
 from ..errors import CachePlanError
+from ..runtime import step
 from ..runtime.layout import RegionDims, RegionPolicy, RegionState, StateGroup, StepContext
 from .blocks import BlockRun, Rejected, find_runs
 from .graph_utils import check_graph, ordered, placeholders, value_of
@@ -42,6 +44,7 @@ class PipelineRecord:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run part, why it is not cached)
     regions: list[RegionRecord] = field(default_factory=list)
     inputs: list[tuple[str, str | None, str]] = field(default_factory=list)  # added inputs: (group, rid, slot)
+    classifies: bool = False  # the graph classifies a pending call itself (it takes the timestep)
     gm: GraphModule | None = None
 
 
@@ -57,7 +60,7 @@ def region_dims(plan: RegionPlan) -> RegionDims:
 
 
 def run_passes(gm: GraphModule, specs: RunSpecs, hidden_inputs: Collection[Node], fake_mode,
-               group: str | None = None) -> PipelineRecord:
+               group: str | None = None, timestep: Node | None = None) -> PipelineRecord:
     """Rewrite every cacheable run of `gm` in place (see the module docstring)."""
     record = PipelineRecord(gm.code)
     record.runs, record.rejected = find_runs(gm, hidden_inputs)
@@ -78,6 +81,11 @@ def run_passes(gm: GraphModule, specs: RunSpecs, hidden_inputs: Collection[Node]
     device = value_of(plans[0].fn_out).device
     ctx = _add_inputs(gm, record, StepContext, None, device, None, fake_mode)
     new: list[Node] = []
+    if timestep is not None and isinstance(value_of(timestep), torch.Tensor):
+        with gm.graph.inserting_after(placeholders(gm)[-1]):
+            new.append(gm.graph.call_function(step.classify_pending, (dict(ctx), timestep)))
+        propagate_values(gm, new, fake_mode)
+        record.classifies = True
     replaced: dict[Node, Node] = {}
     for i, plan in enumerate(plans):
         plan = remap_plan(plan, replaced)

@@ -96,6 +96,8 @@ class StepContext(StateGroup):
     cfg_mode: Tensor = slot(torch.int64, "separate CFG: -1 detect, 0 off, 1 on (CacheConfig.enable_separate_cfg)",
                             init=-1)
     reset: Tensor = slot(torch.bool, "a new generation was asked for (dit_cache_fx.reset)")
+    pending: Tensor = slot(torch.bool, "a call began and is not classified yet (set by the host, cleared by the "
+                           "first graph that runs)")
     call: Tensor = slot(torch.int64, "calls since the module was compiled (orders log rows)")
     gen: Tensor = slot(torch.int64, "generation id of the current call (0 before the first call)")
     calls: Tensor = slot(torch.int64, "calls in the current generation")

@@ -12,8 +12,10 @@ Rules, at any timestep convention (decreasing or increasing, sigmas or integer t
   against the generation's direction (learned from its first move). Repeats of a timestep (Heun-type
   schedulers call the model twice per timestep) are new steps, never new generations.
 
-`classify_call` is plain tensor code: the host runs it as one small compiled kernel (`classify`),
-and the tests run it eagerly against the reference.
+`classify_call` is plain tensor code. The first graph of a call runs it in the graph (`classify_pending`,
+fused with the graph's other bookkeeping; the host only sets `pending`); a graph that does not take the
+timestep as an input leaves it to the host, which runs it as one small compiled kernel (`classify`). The
+tests run it eagerly against the reference.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import Tensor
 
 from .. import _compat
 from .layout import StepContext
+from .registry import in_graph
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,19 @@ def classify_call(ctx: StepContext, t: Tensor) -> None:
     ctx.last_cond_t.copy_(torch.where(uncond, ctx.last_cond_t, t))
     ctx.last_t.copy_(t)
     ctx.reset.fill_(False)
+
+
+@in_graph
+def classify_pending(ctx: dict[str, Tensor], t: Tensor) -> None:
+    """In the graph: `classify_call(ctx, timestep_value(t))` if the call is pending, then not pending."""
+    c = StepContext(**ctx)
+    pending = c.pending.clone()
+    fields = [x for name, x in ctx.items() if name != "pending"]
+    before = [x.clone() for x in fields]
+    classify_call(c, timestep_value(t).to(c.call.device))
+    for x, old in zip(fields, before):
+        x.copy_(torch.where(pending, x, old))
+    c.pending.fill_(False)
 
 
 def _classify_flat(t: Tensor, *ctx_tensors: Tensor) -> None:
