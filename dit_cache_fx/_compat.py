@@ -218,3 +218,18 @@ def context_parallel_group(module: torch.nn.Module) -> str | None:
 def group_name(group: Any) -> str:
     """A process group's name (what functional collectives take), from a ProcessGroup or a name."""
     return group if isinstance(group, str) else group.group_name
+
+
+@contextlib.contextmanager
+def quiet_triton_probe() -> Iterator[None]:
+    """Without triton installed, `torch.library.triton_op` logs "Triton not available" once per op it
+    defines (it looks for kernels in the body); our ops take their torch branch then, so say nothing."""
+    import logging
+
+    logger = logging.getLogger("torch._library.triton")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -93,3 +93,15 @@ def test_core_requirements_are_light():
     demo = {re.split(r"[<>=; \[]", d)[0].lower() for d in project["optional-dependencies"]["demo"]}
     assert {"scikit-learn", "matplotlib"} <= demo
     assert "triton" in " ".join(project["optional-dependencies"]["test"])
+
+
+def test_core_install_without_triton_is_quiet():
+    """The core install has no triton: the ops then take their torch branch, eagerly and compiled, and
+    importing them prints nothing (torch's triton_op would log "Triton not available" once per op)."""
+    code = ("import sys\nsys.modules['triton'] = None\nimport torch\nfrom dit_cache_fx import kernels\n"
+            "x = torch.arange(6.0)\n"
+            "eager = kernels.l1_sums(x, 2 * x)\ncompiled = torch.compile(lambda a: kernels.l1_sums(a, 2 * a))(x)\n"
+            "assert torch.equal(eager, torch.tensor([15.0, 15.0])) and torch.equal(compiled, eager)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Triton not available" not in r.stderr + r.stdout

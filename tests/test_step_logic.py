@@ -129,6 +129,7 @@ def test_a_graph_with_the_timestep_classifies_its_calls(monkeypatch):
     """The compiled graph takes the timestep, so it classifies each call itself (the host only marks it
     pending): the host classifier never runs, and the steps and branches are the oracle's (separate CFG)."""
     import dit_cache_fx
+
     from helpers import handle, oracle_run
     from tiny_models import MODELS, run_loop
 

@@ -12,8 +12,12 @@ Private helpers, used by the tests and the benchmark: `_<op>_torch` (the torch b
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
+
+from .. import _compat
 
 try:
     import triton
@@ -167,7 +171,18 @@ def _taylor_forecast_triton(base: Tensor, factors: Tensor, k: Tensor, out: Tenso
 # the ops
 
 
-@torch.library.triton_op("dit_cache_fx::l1_sums", mutates_args=())
+def _triton_op(name: str):
+    """`torch.library.triton_op(name)`, quiet about a missing triton."""
+    quiet = _compat.quiet_triton_probe() if triton is None else contextlib.nullcontext()
+
+    def define(fn):
+        with quiet:
+            return torch.library.triton_op(name, mutates_args=())(fn)
+
+    return define
+
+
+@_triton_op("dit_cache_fx::l1_sums")
 def l1_sums(prev: Tensor, cur: Tensor) -> Tensor:
     """[Σ|prev − cur|, Σ|prev|] over all elements, as a float32 tensor of 2 (no host sync).
 
@@ -181,7 +196,7 @@ def l1_sums(prev: Tensor, cur: Tensor) -> Tensor:
     return _l1_sums_triton(prev, cur)
 
 
-@torch.library.triton_op("dit_cache_fx::taylor_update", mutates_args=())
+@_triton_op("dit_cache_fx::taylor_update")
 def taylor_update(factors: Tensor, value: Tensor, gap: Tensor, n_valid: Tensor) -> Tensor:
     """The new TaylorSeer stack after a computed step (divided differences over computed steps).
 
@@ -202,7 +217,7 @@ def taylor_update(factors: Tensor, value: Tensor, gap: Tensor, n_valid: Tensor) 
     return _taylor_update_triton(factors, value, gap, n_valid)
 
 
-@torch.library.triton_op("dit_cache_fx::taylor_forecast", mutates_args=())
+@_triton_op("dit_cache_fx::taylor_forecast")
 def taylor_forecast(base: Tensor, factors: Tensor, k: Tensor) -> Tensor:
     """base + Σ_i F_i · kⁱ / i! (the forecast residual added to `base`), accumulated in fp32, in base's dtype.
 
