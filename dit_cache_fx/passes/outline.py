@@ -52,7 +52,11 @@ class _Site:
 
 def outline_graph(gm: GraphModule, slots: Mapping[Node, int]) -> int:
     """Outline the blocks of `gm` and of its conds' branches, then drop the cond operands no branch reads
-    any more; `slots` maps the graph inputs to their positions. Returns how many blocks were outlined."""
+    any more; `slots` maps the graph inputs to their positions. Returns how many blocks were outlined.
+
+    An input the graph mutates in place is not read by slot: the compiled graph applies input mutations
+    at its end, so a slot would see the old value."""
+    slots = {p: i for p, i in slots.items() if not _mutated(p)}
     conds = [n for n in gm.graph.nodes if n.target is torch.ops.higher_order.cond]
     sites = _sites(gm, slots, set())
     produced = {o for site in sites for o in site.block.outputs}  # become the op's fresh row-major outputs
@@ -78,6 +82,25 @@ def outline_graph(gm: GraphModule, slots: Mapping[Node, int]) -> int:
         gm.graph.lint()
         gm.recompile()
     return len(sites)
+
+
+def _mutated(p: Node) -> bool:
+    """Whether the graph writes to `p` or to a view of it in place."""
+    v = value_of(p)
+    if not isinstance(v, torch.Tensor):
+        return False
+    key, todo, seen = _compat.storage_key(v), [p], {p}
+    while todo:
+        n = todo.pop()
+        for u in n.users:
+            name = u.target if isinstance(u.target, str) else getattr(u.target, "__name__", "")
+            if u.args and u.args[0] is n and (name.endswith("_") and not name.endswith("__") or name == "setitem"):
+                return True
+            v = value_of(u)
+            if u not in seen and isinstance(v, torch.Tensor) and _compat.storage_key(v) == key:
+                seen.add(u)
+                todo.append(u)
+    return False
 
 
 def _sites(gm: GraphModule, slots: Mapping[Node, int], fed: set[Node]) -> list[_Site]:
