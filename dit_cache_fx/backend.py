@@ -9,6 +9,7 @@ policies and their per-shape states as extra inputs.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import operator
@@ -120,9 +121,10 @@ class CacheHandle:
     def begin_call(self, args: tuple, kwargs: dict) -> None:
         self.pending, self.ran, self.call_args = True, False, (args, kwargs)
 
-    def classify(self, device: torch.device | None, in_graph: bool = False) -> None:
+    def classify(self, device: torch.device | None, in_graph: bool = False, eager: bool = False) -> None:
         """Advance the step context for the current call (once per call, by the first graph that runs):
-        mark it pending for a graph that classifies it itself (`in_graph`), else classify it here."""
+        mark it pending for a graph that classifies it itself (`in_graph`), else classify it here (`eager`:
+        with plain torch ops, for a rare call that needs the step on the host before the graph runs)."""
         self.ran = True
         if not self.pending or device is None:
             return
@@ -137,7 +139,7 @@ class CacheHandle:
         t = self.timestep.fetch(self.signature, *self.call_args)
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(float(t))
-        step.classify(self.store.context(device), t)
+        step.classify(self.store.context(device), t, compiled=not eager)
         self.pending = False
 
 
@@ -158,26 +160,20 @@ class GraphRunner:
 
     def __call__(self, *args):
         h = self.handle
-        h.classify(self.device, self.classifies)
-        if h.regional:
-            with regional.graph_inputs(args):
-                return self._run(args)
-        return self._run(args)
-
-    def _run(self, args: tuple):
-        h = self.handle
-        taken = args if self.select is None else self.select(args)
-        if not self.regions:
-            with torch.no_grad():
-                return self.compiled(*taken)
-        keys = tuple(ev(args)[0] for ev in self.shape_of)
-        if self._epoch != h.store.epoch:
-            self._extra.clear()
-            self._epoch = h.store.epoch
-        extra = self._extra.get(keys)
-        if extra is None:
+        extra: list[torch.Tensor] | None = []
+        if self.regions:
+            keys = tuple(ev(args)[0] for ev in self.shape_of)
+            if self._epoch != h.store.epoch:
+                self._extra.clear()
+                self._epoch = h.store.epoch
+            extra = self._extra.get(keys)
+        if extra is None:  # new sizes: the host checks them against the step, so it classifies this call
+            h.classify(self.device, eager=True)
             extra = self._extra[keys] = self._tensors(args)
-        with torch.no_grad():
+        else:
+            h.classify(self.device, in_graph=self.classifies)
+        taken = args if self.select is None else self.select(args)
+        with torch.no_grad(), regional.graph_inputs(args) if h.regional else contextlib.nullcontext():
             return self.compiled(*taken, *extra)
 
     def _tensors(self, args) -> list[torch.Tensor]:

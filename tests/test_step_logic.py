@@ -127,16 +127,17 @@ def test_classify_pending_classifies_only_a_pending_call():
 
 def test_a_graph_with_the_timestep_classifies_its_calls(monkeypatch):
     """The compiled graph takes the timestep, so it classifies each call itself (the host only marks it
-    pending): the host classifier never runs, and the steps and branches are the oracle's (separate CFG)."""
+    pending); the host classifies eagerly only the first call at new sizes (it checks them against the step
+    before the graph runs) and never compiles its classifier. Steps and branches are the oracle's."""
     import dit_cache_fx
 
     from helpers import handle, oracle_run
     from tiny_models import MODELS, run_loop
 
-    def host_classifier(*args):
-        raise AssertionError("the host classifier ran")
-
-    monkeypatch.setattr(step, "classify", host_classifier)
+    host_calls = []
+    original = step.classify
+    monkeypatch.setattr(step, "classify", lambda ctx, t, compiled=True: (host_calls.append(compiled),
+                                                                        original(ctx, t, compiled))[1])
     torch._dynamo.reset()
     m = MODELS["flux"]
     model = m.build()
@@ -145,6 +146,7 @@ def test_a_graph_with_the_timestep_classifies_its_calls(monkeypatch):
     compiled = dit_cache_fx.compile(model, cache=spec, fullgraph=True)
     for _ in range(2):  # a second generation: the graph tells it apart too
         run_loop(compiled, m, steps=6, cfg=True)
+    assert host_calls == [False]
     s = dit_cache_fx.summary(compiled)
     assert int(handle(compiled).store.ctx.gen) == 2 and s.num_steps == 6 and s.separate_cfg
     assert [s.branches[b].cached_steps for b in (0, 1)] == [ora.cached_steps(0), ora.cached_steps(1)]

@@ -86,10 +86,12 @@ def _classify_flat(t: Tensor, *ctx_tensors: Tensor) -> None:
 _COMPILED: dict[torch.device, Callable] = {}
 
 
-def classify(ctx: StepContext, t: Tensor) -> None:
-    """`classify_call(ctx, timestep_value(t))`, the classification compiled into one inductor kernel per
-    device (once per process; eager if compilation fails)."""
+def classify(ctx: StepContext, t: Tensor, compiled: bool = True) -> None:
+    """`classify_call(ctx, timestep_value(t))` on the host: compiled into one inductor kernel per device (once
+    per process; eager if compilation fails), or eagerly (`compiled=False`)."""
     t = timestep_value(t).to(ctx.call.device)
+    if not compiled:
+        return _classify_flat(t, *ctx.tensors())
     fn = _COMPILED.get(t.device)
     if fn is None:
         try:
