@@ -67,16 +67,36 @@ def generation(model, inputs: dict, steps: int) -> float:
 
 
 def compile_time_child(kind: str, cfg_name: str) -> None:
-    """Subprocess body: first-call time of one compiled variant, plus inductor cache counters."""
+    """Subprocess body: first-call time of one compiled variant, plus inductor cache counters and where the
+    time went: Dynamo's tracing, its backend (for us: the passes and the outer graph's compilation), and the
+    block code regional mode compiles on its first calls."""
+    from torch._dynamo.utils import compile_times as dynamo_compile_times
     from torch._dynamo.utils import counters
 
+    from dit_cache_fx import _compat
+
+    blocks = []
+    compile_function = _compat.compile_function
+
+    def timed(fn, example_inputs):
+        t = time.perf_counter()
+        try:
+            return compile_function(fn, example_inputs)
+        finally:
+            blocks.append(time.perf_counter() - t)
+
+    _compat.compile_function = timed
     model, inputs = build(CONFIGS[cfg_name])
     cm = KINDS[{"inductor": "torch.compile", "dit_cache_fx": "dit_cache_fx"}.get(kind, kind)](model)
     t0 = time.perf_counter()
     with torch.no_grad():
         cm(timestep=torch.ones(1), **inputs)
     dt = time.perf_counter() - t0
-    print(json.dumps({"seconds": dt, **{k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph")}}))
+    names, values = dynamo_compile_times(repr="csv", aggregate=True)
+    phases = dict(zip(names, values))
+    print(json.dumps({"seconds": dt, "tracing": float(phases.get("bytecode_tracing", 0)),
+                      "backend": float(phases.get("OutputGraph.call_user_compiler", 0)), "block_code": sum(blocks),
+                      **{k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph")}}))
 
 
 def compile_times(cfg_name: str, repeats: int = 1) -> dict:
@@ -131,7 +151,7 @@ def regional_rows(repeats: int, steps: int) -> list[str]:
                 env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache_dir)
                 r = subprocess.run([sys.executable, __file__, "--child", kind, "--config", "deep"], env=env,
                                    capture_output=True, text=True, check=True)
-                first.setdefault((state, kind), []).append(json.loads(r.stdout.strip().splitlines()[-1])["seconds"])
+                first.setdefault((state, kind), []).append(json.loads(r.stdout.strip().splitlines()[-1]))
     variants = {kind: make(build(CONFIGS["deep"])[0]) for kind, make in KINDS.items()}
     inputs = build(CONFIGS["deep"])[1]
     for m in variants.values():
@@ -151,11 +171,20 @@ def regional_rows(repeats: int, steps: int) -> list[str]:
              f"in fresh processes (median of {repeats}), steady ms/step interleaved in one process:", "",
              "| variant | cold first call s | vs regional | warm first call s | ms/step (R0: everything computed) | "
              "ms/step (always cache after W2) |", "|---|---|---|---|---|---|"]
+    med = lambda state, kind, key="seconds": statistics.median(r[key] for r in first[(state, kind)])  # noqa: E731
     for kind in KINDS:
-        cold, warm = (statistics.median(first[(s, kind)]) for s in ("cold", "warm"))
+        cold, warm = med("cold", kind), med("warm", kind)
         cached = f"{rows['R1.0'][kind]:.1f}" if kind.startswith("dit_cache_fx") else "-"
-        lines.append(f"| {kind} | {cold:.1f} | {cold / statistics.median(first[('cold', reg)]):.2f}x | {warm:.1f} | "
+        lines.append(f"| {kind} | {cold:.1f} | {cold / med('cold', reg):.2f}x | {warm:.1f} | "
                      f"{rows['R0'][kind]:.1f} | {cached} |")
+    lines += ["", "Where the cold first call goes (s, medians; the backend's time includes inductor's one-off set-up, "
+              "e.g. its CPU vector-ISA probe, paid by whichever graph compiles first):", "",
+              "| variant | Dynamo tracing | backend (passes + graph compile) | block code (regional mode) | rest |",
+              "|---|---|---|---|---|"]
+    for kind in KINDS:
+        parts = [med("cold", kind, k) for k in ("tracing", "backend", "block_code")]
+        lines.append(f"| {kind} | {parts[0]:.1f} | {parts[1]:.1f} | {parts[2]:.1f} | "
+                     f"{med('cold', kind) - sum(parts):.1f} |")
     return lines
 
 
