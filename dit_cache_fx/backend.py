@@ -26,7 +26,7 @@ from . import _compat
 from .config import RunSpecs
 from .errors import CachePlanError
 from .passes.graph_utils import placeholders, value_of
-from .passes.outline import drop_unused_inputs, outline_glue, outline_graph
+from .passes.outline import drop_unused_inputs, outline_graph
 from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
 from .passes.timestep import find_timestep
 from .runtime import regional, registry, step
@@ -261,7 +261,6 @@ class CacheBackend:
                   and paths[p] is not None}
         self._note_graph(shapes)
         record = PipelineRecord(gm.code)
-        traced = set(gm.graph.nodes)
         if h.specs.enabled:
             timestep = self._find_timestep(gm, arg_of, names)
             hidden_inputs = [p for p in inputs if names and arg_of(p) == names[0]]
@@ -269,9 +268,7 @@ class CacheBackend:
                                 timestep)
         kept = None
         if h.regional:
-            slots = {p: i for i, p in enumerate(inputs)}
-            outline_graph(gm, slots)
-            outline_glue(gm, slots, {n for n in gm.graph.nodes if n not in traced})
+            outline_graph(gm, {p: i for i, p in enumerate(inputs)})
             kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
             example_inputs = [example_inputs[i] for i in kept]
         info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm))

@@ -50,11 +50,6 @@ def test_regional_matches_whole_graph_and_oracle(name, distinct):
     calls = _block_calls(compiled)
     n_blocks = sum(len(model.get_submodule(lst)) for lst in m.blocks)
     assert sum(calls.values()) == n_blocks and len(calls) == distinct  # every block outlined, few compilations
-    # the model's own glue (embeddings, output norm and projection) runs eagerly, as regional compilation
-    # leaves it: what inductor compiles of the outer graph is the cache's logic
-    gm = handle(compiled).graphs[0].record.gm
-    eager = [n for n in gm.graph.nodes if n.target is torch.ops.dit_cache_fx.eager.default]
-    assert len(eager) >= 2 and not [n for n in gm.graph.nodes if n.target in (torch._C._nn.linear, torch.nn.functional.linear)]
     from torch._dynamo.utils import counters
     assert len(counters["graph_break"]) == 0 and len(handle(compiled).graphs) == 1
 

@@ -34,7 +34,7 @@ from torch.fx import Graph, GraphModule, Node
 from .. import _compat
 from ..runtime import regional
 from .blocks import Block, find_blocks
-from .graph_utils import inputs_of, outputs_of, value_of
+from .graph_utils import value_of
 
 
 @dataclass
@@ -154,62 +154,6 @@ def drop_unused_inputs(gm: GraphModule, n: int) -> list[int]:
     gm.graph.lint()
     gm.recompile()
     return kept
-
-
-def outline_glue(gm: GraphModule, slots: Mapping[Node, int], ours: set[Node]) -> int:
-    """Move the model's own top-level code (embeddings, positional tables, the output norm and projection:
-    every tensor-valued node that is neither a block call nor one of `ours`, the cache's nodes) into
-    `dit_cache_fx::eager` calls, so inductor compiles only the cache's logic around the blocks — the glue runs
-    as eagerly as regional compilation leaves it. Each maximal stretch of such nodes in graph order becomes one
-    call (a stretch reads only what is defined before it and is read only after it). Returns how many."""
-    if any(n.op == "call_function" and not isinstance(value_of(n), torch.Tensor) and "autocast" in str(n.target)
-           or "grad_enabled" in str(n.target) for n in gm.graph.nodes):
-        return 0  # ops under a mode set inside the graph (autocast, no_grad): keep them compiled with it
-    slots = {p: i for p, i in slots.items() if not _mutated(p)}
-    block_calls = {n for n in gm.graph.nodes if n.target is torch.ops.dit_cache_fx.block.default}
-
-    def glue(n: Node) -> bool:
-        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
-        return (n.op in ("call_function", "call_method") and n not in ours and n not in block_calls
-                and all(a not in block_calls and isinstance(value_of(a), torch.Tensor) for a in n.all_input_nodes)
-                and isinstance(value_of(n), torch.Tensor) and _static(value_of(n)) and not name.endswith("_"))
-
-    stretches, current = [], []
-    for n in gm.graph.nodes:
-        if glue(n):
-            current.append(n)
-        else:
-            if current:
-                stretches.append(current)
-            current = []
-    count = 0
-    for nodes in stretches:
-        ins, outs = inputs_of(nodes), outputs_of(nodes)
-        values, out_values = [value_of(n) for n in ins], [value_of(n) for n in outs]
-        if not outs or not all(isinstance(v, torch.Tensor) and _static(v) for v in [*values, *out_values]):
-            continue
-        code = _contiguous_outputs(_extract(tuple(nodes), ins, outs), values, out_values)
-        key = regional.register_glue(code, tuple((tuple(v.shape), v.dtype, v.device) for v in out_values))
-        with _compat.fake_mode_of([*values, *out_values]):
-            results = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in out_values]
-        with gm.graph.inserting_before(nodes[0]):
-            call = gm.graph.call_function(torch.ops.dit_cache_fx.eager.default,
-                                          ([n for n in ins if n not in slots], key, [slots.get(n, -1) for n in ins]))
-            call.meta["val"] = call.meta["example_value"] = results
-            getitems = []
-            for i, v in enumerate(results):
-                g = gm.graph.call_function(operator.getitem, (call, i))
-                g.meta["val"] = g.meta["example_value"] = v
-                getitems.append(g)
-        inside = set(nodes)
-        for o, g in zip(outs, getitems):
-            o.replace_all_uses_with(g, delete_user_cb=lambda u, inside=inside: u not in inside)
-        for n in reversed(nodes):
-            gm.graph.erase_node(n)
-        count += 1
-    gm.graph.lint()
-    gm.recompile()
-    return count
 
 
 def prune_cond_operands(gm: GraphModule, cond: Node) -> None:

@@ -17,11 +17,6 @@ Dynamo passes on every call; fetched by slot, they are not edges of the outer gr
 cond operands nor arguments AOTAutograd and inductor trace through, and a model's hundreds of weights
 cost the outer graph's compilation nothing.
 
-The model's code outside its blocks (embeddings, positional tables, the output norm and projection) goes
-into `torch.ops.dit_cache_fx.eager(inputs, key, slots)` calls run eagerly (`outline.outline_glue`): as in
-diffusers' regional compilation, it is not compiled, so what inductor compiles of the outer graph is the
-cache's own logic (the step classification, the decision, the cond, the stores).
-
 `BLOCKS` is the process-wide table of block code, like inductor's own code cache: entries are immutable once
 registered and shared by every compiled model with the same blocks.
 """
@@ -38,7 +33,6 @@ from torch import Tensor
 from torch.fx import GraphModule
 
 from .. import _compat
-from ..errors import DitCacheError
 
 
 @dataclass
@@ -89,7 +83,7 @@ def graph_inputs(args: tuple) -> Iterator[None]:
 def _gather(inputs: list[Tensor], slots: list[int]) -> list[Tensor]:
     stack = getattr(_FRAMES, "stack", None)
     if not stack:
-        raise DitCacheError("dit_cache_fx::block reads graph inputs by slot: call it from a compiled model")
+        raise RuntimeError("dit_cache_fx::block reads graph inputs by slot: call it from a compiled model")
     frame, it = stack[-1], iter(inputs)
     return [next(it) if s < 0 else frame[s] for s in slots]
 
@@ -103,34 +97,3 @@ def block(inputs: list[Tensor], key: int, slots: list[int]) -> list[Tensor]:
 @block.register_fake
 def _block_fake(inputs: list[Tensor], key: int, slots: list[int]) -> list[Tensor]:
     return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in BLOCKS[key].outputs]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the model's glue (embeddings, tail), run eagerly as diffusers' regional compilation leaves it
-
-
-GLUE: dict[int, tuple[GraphModule, tuple]] = {}  # key -> (code, (shape, dtype, device) of each output)
-
-
-def register_glue(gm: GraphModule, outputs: tuple) -> int:
-    key = len(GLUE)
-    GLUE[key] = (gm, outputs)
-    return key
-
-
-@torch.library.custom_op("dit_cache_fx::eager", mutates_args=())
-def eager(inputs: list[Tensor], key: int, slots: list[int]) -> list[Tensor]:
-    """Run glue code `key` eagerly (torch ops, one kernel each) on its inputs."""
-    code, outputs = GLUE[key]
-    with torch.no_grad():
-        results = list(code(*_gather(inputs, slots)))
-    for r, (shape, dtype, _) in zip(results, outputs):
-        if tuple(r.shape) != shape or r.dtype != dtype:
-            raise DitCacheError(f"dit_cache_fx: the model's code outside its blocks gave a {r.dtype} {tuple(r.shape)} "
-                               f"tensor where the traced graph had {dtype} {shape}; compile without regional=True")
-    return results
-
-
-@eager.register_fake
-def _eager_fake(inputs: list[Tensor], key: int, slots: list[int]) -> list[Tensor]:
-    return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in GLUE[key][1]]
