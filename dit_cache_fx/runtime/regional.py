@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.fx import GraphModule
 
 from .. import _compat
+from ..errors import DitCacheError
 
 
 @dataclass
@@ -83,7 +84,7 @@ def graph_inputs(args: tuple) -> Iterator[None]:
 def _gather(inputs: list[Tensor], slots: list[int]) -> list[Tensor]:
     stack = getattr(_FRAMES, "stack", None)
     if not stack:
-        raise RuntimeError("dit_cache_fx::block reads graph inputs by slot: call it from a compiled model")
+        raise DitCacheError("dit_cache_fx::block reads graph inputs by slot: call it from a compiled model")
     frame, it = stack[-1], iter(inputs)
     return [next(it) if s < 0 else frame[s] for s in slots]
 
