@@ -233,3 +233,10 @@ def quiet_triton_probe() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def tree_leaves(value: Any) -> list:
+    """The leaves of a nested value (tuples, lists, dicts of tensors and sizes)."""
+    from torch.utils._pytree import tree_leaves as leaves
+
+    return leaves(value)

@@ -18,7 +18,7 @@ regional compilation of the block class would. Inputs that are graph inputs (the
 slot (`runtime.regional`). Outputs that are views of each other or of an input, or not contiguous (Flux's
 single blocks return two slices of one tensor), are cloned inside the block: a custom op's outputs must
 not alias, and the next block then sees the same strides as this one did. Blocks with a non-tensor input
-or a symbolic size (`dynamic=True`) stay inline. Run after the cache rewrite.
+or a symbolic size anywhere (`dynamic=True`, data-dependent masks) stay inline. Run after the cache rewrite.
 """
 
 from __future__ import annotations
@@ -109,12 +109,14 @@ def _sites(gm: GraphModule, slots: Mapping[Node, int], fed: set[Node]) -> list[_
     for block in find_blocks(gm):
         ins, outs = block.inputs, block.outputs
         values = [value_of(n) for n in ins]
-        if not outs or not all(isinstance(v, torch.Tensor) and _static(v) for v in values):
+        out_values = [value_of(o) for o in outs]
+        if not outs or not all(isinstance(v, torch.Tensor) and _static(v) for v in [*values, *out_values]):
+            continue
+        if not all(_concrete(value_of(n)) for n in block.nodes):  # data-dependent sizes inside (masks)
             continue
         produced = fed | {o for s in sites for o in s.block.outputs}
         lines = tuple(_input_line(i, v, n in produced) for i, (n, v) in enumerate(zip(ins, values)))
-        sites.append(_Site(gm, block, slots, _extract(block.nodes, ins, outs), values, [value_of(o) for o in outs],
-                           lines))
+        sites.append(_Site(gm, block, slots, _extract(block.nodes, ins, outs), values, out_values, lines))
     return sites
 
 
@@ -232,6 +234,14 @@ def _contiguous_outputs(raw: GraphModule, values: list, out_values: list) -> Gra
         results.append(node)
     g.output(tuple(results))
     return GraphModule(torch.nn.Module(), g)
+
+
+def _concrete(value) -> bool:
+    """No symbolic size or scalar anywhere in a node's value (tensors, SymInts, tuples of them)."""
+    for v in _compat.tree_leaves(value):
+        if isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)) or (isinstance(v, torch.Tensor) and not _static(v)):
+            return False
+    return True
 
 
 def _static(v: torch.Tensor) -> bool:
