@@ -83,3 +83,25 @@ def test_weights_are_read_by_slot_and_follow_the_model():
                 lin.weight = torch.nn.Parameter(lin.weight.detach() * -2.0)
             assert id(lin.weight) in weights or changed == "new object"
             assert max_rel_err([call(compiled)], [call(model)]) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mochi", "hunyuandit"])
+def test_regional_on_more_models(name):
+    """Mochi's blocks have data-dependent sizes inside (its text mask): they stay inline and the model still
+    matches; HunyuanDiT's long skips cross its blocks. Threshold 0 == eager, always-cache caches after warmup."""
+    from extra_models import EXTRA_MODELS, cache_config
+    from extra_models import run_loop as extra_loop
+
+    m = EXTRA_MODELS[name]
+    torch._dynamo.reset()
+    model = m.build()
+    eager = extra_loop(model, m, steps=4)
+    compiled = dit_cache_fx.compile(model, cache=cache_config(m, "F1B0_W2_R0"), fullgraph=m.fullgraph, regional=True)
+    assert max_rel_err(extra_loop(compiled, m, steps=4), eager) <= m.rel_tol
+    dit_cache_fx.configure(compiled, cache_config(m, "F1B0_W2_R1.0"))
+    extra_loop(compiled, m, steps=4)
+    assert all(r.cached_steps == [2, 3] for r in dit_cache_fx.summary(compiled).regions.values())
+    outlined = sum(1 for info in handle(compiled).graphs for g in [info.record.gm, *info.record.gm.children()]
+                   for n in getattr(g, "graph", g).nodes if n.target is torch.ops.dit_cache_fx.block.default)
+    assert (outlined == 0) == (name == "mochi")
