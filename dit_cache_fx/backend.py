@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import operator
 import re
 import warnings
 from collections.abc import Callable
@@ -150,10 +149,7 @@ class GraphRunner:
                  symbols: dict, device: torch.device | None, kept: list[int] | None = None) -> None:
         self.handle, self.compiled, self.regions, self.device = handle, compiled, regions, device
         self.classifies = False  # the graph classifies a pending call itself
-        # the Dynamo inputs the compiled graph takes (regional mode drops the weights only blocks read)
-        n = len(kept) if kept is not None else 0
-        self.select = None if kept is None else (lambda a: ()) if n == 0 else (
-            (lambda a, i=kept[0]: (a[i],)) if n == 1 else operator.itemgetter(*kept))
+        self.kept = kept  # the Dynamo inputs the compiled graph takes (regional mode drops the weights only blocks read)
         self.shape_of = [_dims_evaluator(r.dims, symbols) for r in regions]
         self._extra: dict[tuple, list[torch.Tensor]] = {}
         self._epoch = -1
@@ -172,7 +168,7 @@ class GraphRunner:
             extra = self._extra[keys] = self._tensors(args)
         else:
             h.classify(self.device, in_graph=self.classifies)
-        taken = args if self.select is None else self.select(args)
+        taken = args if self.kept is None else [args[i] for i in self.kept]
         with torch.no_grad(), regional.graph_inputs(args) if h.regional else contextlib.nullcontext():
             return self.compiled(*taken, *extra)
 

@@ -103,5 +103,5 @@ def test_regional_on_more_models(name):
     extra_loop(compiled, m, steps=4)
     assert all(r.cached_steps == [2, 3] for r in dit_cache_fx.summary(compiled).regions.values())
     outlined = sum(1 for info in handle(compiled).graphs for g in [info.record.gm, *info.record.gm.children()]
-                   for n in getattr(g, "graph", g).nodes if n.target is torch.ops.dit_cache_fx.block.default)
+                   for n in g.graph.nodes if n.target is torch.ops.dit_cache_fx.block.default)
     assert (outlined == 0) == (name == "mochi")

@@ -110,9 +110,9 @@ def _sites(gm: GraphModule, slots: Mapping[Node, int], fed: set[Node]) -> list[_
         ins, outs = block.inputs, block.outputs
         values = [value_of(n) for n in ins]
         out_values = [value_of(o) for o in outs]
-        if not outs or not all(isinstance(v, torch.Tensor) and _static(v) for v in [*values, *out_values]):
+        if not outs or not all(isinstance(v, torch.Tensor) and _static(v) for v in values):
             continue
-        if not all(_concrete(value_of(n)) for n in block.nodes):  # data-dependent sizes inside (masks)
+        if not all(_concrete(value_of(n)) for n in block.nodes):  # symbolic outputs, data-dependent sizes inside
             continue
         produced = fed | {o for s in sites for o in s.block.outputs}
         lines = tuple(_input_line(i, v, n in produced) for i, (n, v) in enumerate(zip(ins, values)))
@@ -170,7 +170,8 @@ def prune_cond_operands(gm: GraphModule, cond: Node) -> None:
             b.graph.erase_node(ps[i])
         b.graph.lint()
         b.recompile()
-    cond.args = (*cond.args[:3], tuple(o for i, o in enumerate(cond.args[3]) if i not in set(dead)))
+    dead_set = set(dead)
+    cond.args = (*cond.args[:3], tuple(o for i, o in enumerate(cond.args[3]) if i not in dead_set))
 
 
 # ---------------------------------------------------------------------------------------------------------

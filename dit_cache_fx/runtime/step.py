@@ -91,7 +91,7 @@ def classify(ctx: StepContext, t: Tensor, compiled: bool = True) -> None:
     per process; eager if compilation fails), or eagerly (`compiled=False`)."""
     t = timestep_value(t).to(ctx.call.device)
     if not compiled:
-        return _classify_flat(t, *ctx.tensors())
+        return classify_call(ctx, t)
     fn = _COMPILED.get(t.device)
     if fn is None:
         try:
