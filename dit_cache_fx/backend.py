@@ -88,6 +88,7 @@ class GraphInfo:
     code: str = ""
     runner: GraphRunner | None = None
     frame_children: frozenset = frozenset()  # first names of the module paths in the graph (`attn` in `attn.to_q`)
+    outer: str = "inductor"  # how the graph runs: compiled by inductor, or (regional mode) as its Python code
 
 
 @dataclass
@@ -262,27 +263,32 @@ class CacheBackend:
             hidden_inputs = [p for p in inputs if names and arg_of(p) == names[0]]
             record = run_passes(gm, h.specs, hidden_inputs, _compat.fake_mode_of([value_of(p) for p in inputs]), h.group,
                                 timestep)
-        kept = None
+        kept, as_python = None, False
         if h.regional:
-            outline_graph(gm, {p: i for i, p in enumerate(inputs)})
+            outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)})
             kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
             example_inputs = [example_inputs[i] for i in kept]
-        info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm))
+            as_python = outlined.outlined > 0 and outlined.inline == 0
+        info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm),
+                         outer="python" if as_python else "inductor")
         h.graphs.append(info)
-        mode = _compat.backend_fake_mode(example_inputs)
-        with mode:  # the state inputs' example values, in the fake mode inductor traces with
-            fakes = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in
-                     (value_of(n) for n in placeholders(gm)[len(example_inputs):])]
         device = value_of(record.regions[0].plan.fn_out).device if record.regions else None
         if record.regions:
             log.info("dit_cache_fx: %s", "; ".join(f"{r.plan.name}: {r.plan.split_text()}" for r in record.regions))
-        with torch.no_grad(), _compat.compile_caches_for(registry.IN_GRAPH, registry.source_version()):
-            compiled = _compat.compile_fx(gm, [*example_inputs, *fakes], h.inductor_options)
+        compiled = gm if as_python else self._inductor(gm, example_inputs)
         if device is None and h.store.ctx is not None:
             device = h.store.ctx.call.device
         info.runner = GraphRunner(h, compiled, record.regions, _symbols(inputs), device, kept)
         info.runner.classifies = record.classifies
         return info.runner
+
+    def _inductor(self, gm: GraphModule, example_inputs: list) -> Callable:
+        """The graph compiled by inductor; its inputs: Dynamo's, then the state tensors the passes added."""
+        with _compat.backend_fake_mode(example_inputs):  # the state inputs' examples, in inductor's fake mode
+            fakes = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in
+                     (value_of(n) for n in placeholders(gm)[len(example_inputs):])]
+        with torch.no_grad(), _compat.compile_caches_for(registry.IN_GRAPH, registry.source_version()):
+            return _compat.compile_fx(gm, [*example_inputs, *fakes], self.handle.inductor_options)
 
     def _find_timestep(self, gm: GraphModule, arg_of, names: list[str]) -> Node | None:
         h = self.handle

@@ -160,7 +160,7 @@ def test_outline_shares_code_and_takes_weights_by_slot():
     gm = record.gm
     inputs = [p for p in placeholders(gm) if not p.name.startswith("dcf_")]
     weights = {p for p in inputs if "transformer_blocks" in (_compat.dynamo_source_name(p) or "")}
-    assert weights and outline_graph(gm, {p: i for i, p in enumerate(inputs)}) == 5
+    assert weights and outline_graph(gm, {p: i for i, p in enumerate(inputs)}) == (5, 0)  # outlined, inline
     calls = [n for g in (gm, gm.r0_compute) for n in g.graph.nodes if n.target is torch.ops.dit_cache_fx.block.default]
     assert len(calls) == 5 and len({n.args[1] for n in calls}) == 1
     code = regional.BLOCKS[calls[0].args[1]]

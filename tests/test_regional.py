@@ -1,6 +1,8 @@
 """Regional mode: each distinct block compiled once and called from every instance — in Fn, inside the cond's
 Mn branch, in Bn — with the decision and the cond still in the graph: same outputs and cached steps as the
-whole-graph mode and the oracle, 0 graph breaks, no recompiles."""
+whole-graph mode and the oracle, 0 graph breaks, no recompiles. With every block outlined, the graph around
+them runs as its Python code (as regional compilation leaves the glue eager); a block left inline keeps the
+graph compiled by inductor."""
 
 import collections
 
@@ -50,6 +52,7 @@ def test_regional_matches_whole_graph_and_oracle(name, distinct):
     calls = _block_calls(compiled)
     n_blocks = sum(len(model.get_submodule(lst)) for lst in m.blocks)
     assert sum(calls.values()) == n_blocks and len(calls) == distinct  # every block outlined, few compilations
+    assert [g.outer for g in handle(compiled).graphs] == ["python"]
     from torch._dynamo.utils import counters
     assert len(counters["graph_break"]) == 0 and len(handle(compiled).graphs) == 1
 
@@ -105,3 +108,4 @@ def test_regional_on_more_models(name):
     outlined = sum(1 for info in handle(compiled).graphs for g in [info.record.gm, *info.record.gm.children()]
                    for n in g.graph.nodes if n.target is torch.ops.dit_cache_fx.block.default)
     assert (outlined == 0) == (name == "mochi")
+    assert {g.outer for g in handle(compiled).graphs} == {"inductor" if name == "mochi" else "python"}

@@ -27,13 +27,14 @@ import itertools
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.fx import Graph, GraphModule, Node
 
 from .. import _compat
 from ..runtime import regional
-from .blocks import Block, find_blocks
+from .blocks import Block, find_blocks, node_block
 from .graph_utils import value_of
 
 
@@ -50,9 +51,15 @@ class _Site:
     inputs: tuple[str, ...]  # shape, dtype, strides and device of each input as the block code will see it
 
 
-def outline_graph(gm: GraphModule, slots: Mapping[Node, int]) -> int:
+class Outlined(NamedTuple):
+    outlined: int  # blocks now calls of their block code
+    inline: int  # blocks left as they were (a non-tensor input, symbolic or data-dependent sizes)
+
+
+def outline_graph(gm: GraphModule, slots: Mapping[Node, int]) -> Outlined:
     """Outline the blocks of `gm` and of its conds' branches, then drop the cond operands no branch reads
-    any more; `slots` maps the graph inputs to their positions. Returns how many blocks were outlined.
+    any more; `slots` maps the graph inputs to their positions. Returns how many blocks were outlined and
+    how many stayed inline.
 
     An input the graph mutates in place is not read by slot: the compiled graph applies input mutations
     at its end, so a slot would see the old value."""
@@ -81,7 +88,8 @@ def outline_graph(gm: GraphModule, slots: Mapping[Node, int]) -> int:
     if sites:
         gm.graph.lint()
         gm.recompile()
-    return len(sites)
+    inline = {b[0] for g in graphs for n in g.graph.nodes if n.op.startswith("call") and (b := node_block(n))}
+    return Outlined(len(sites), len(inline))
 
 
 def _mutated(p: Node) -> bool:
