@@ -78,10 +78,10 @@ def compile_time_child(kind: str, cfg_name: str) -> None:
     blocks = []
     compile_function = _compat.compile_function
 
-    def timed(fn, example_inputs):
+    def timed(*args):
         t = time.perf_counter()
         try:
-            return compile_function(fn, example_inputs)
+            return compile_function(*args)
         finally:
             blocks.append(time.perf_counter() - t)
 

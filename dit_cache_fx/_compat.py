@@ -120,7 +120,7 @@ def size_hint(x: Any) -> int | None:
     return None
 
 
-def compile_function(fn: Callable, example_inputs: list[torch.Tensor]) -> Callable:
+def compile_function(fn: Callable, example_inputs: list[torch.Tensor], options: dict | None = None) -> Callable:
     """Compile a small tensor function (in-place updates allowed) with inductor, without Dynamo: traced
     with fake tensors by make_fx, so no guards run when it is called (call it with the same shapes,
     dtypes and devices). The fake mode has a shape environment, so inductor's and AOTAutograd's caches serve
@@ -134,7 +134,7 @@ def compile_function(fn: Callable, example_inputs: list[torch.Tensor]) -> Callab
     with torch.no_grad():
         with mode:
             gm = make_fx(fn)(*fakes)
-        return compile_fx(gm, fakes)
+        return compile_fx(gm, fakes, options)
 
 
 def sym_expr(x: Any):

@@ -150,6 +150,23 @@ def test_check_graph_catches_a_broken_rewrite():
         check_graph(gm, new=[new])
 
 
+def test_outline_keys_block_code_by_inductor_options():
+    """Block code compiles with the model's inductor config (`mode=`, `options=`): the same block under other
+    options is other code."""
+    from dit_cache_fx.passes.outline import outline_graph
+    from dit_cache_fx.runtime import regional
+
+    keys = []
+    for options in ({}, {"max_autotune": True}):
+        gm = _rewritten(ToyDiT(num_layers=4), "F1B1", *_toy_inputs()).gm
+        inputs = [p for p in placeholders(gm) if not p.name.startswith("dcf_")]
+        assert outline_graph(gm, {p: i for i, p in enumerate(inputs)}, options) == (4, 0)
+        keys.append({n.args[1] for g in (gm, gm.r0_compute) for n in g.graph.nodes
+                     if n.target is torch.ops.dit_cache_fx.block.default})
+    assert len(keys[0]) == len(keys[1]) == 1 and keys[0] != keys[1]
+    assert regional.BLOCKS[keys[1].pop()].options == (("max_autotune", True),)
+
+
 def test_outline_shares_code_and_takes_weights_by_slot():
     """Regional mode's outline on the rewritten toy graph: every block one `dit_cache_fx::block` call of one
     shared code, the weights passed by slot (not cond operands, then not graph inputs at all)."""

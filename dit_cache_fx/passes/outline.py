@@ -56,10 +56,10 @@ class Outlined(NamedTuple):
     inline: int  # blocks left as they were (a non-tensor input, symbolic or data-dependent sizes)
 
 
-def outline_graph(gm: GraphModule, slots: Mapping[Node, int]) -> Outlined:
+def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping | None = None) -> Outlined:
     """Outline the blocks of `gm` and of its conds' branches, then drop the cond operands no branch reads
-    any more; `slots` maps the graph inputs to their positions. Returns how many blocks were outlined and
-    how many stayed inline.
+    any more; `slots` maps the graph inputs to their positions, `options` is the inductor config the block
+    code compiles with (part of its key). Returns how many blocks were outlined and how many stayed inline.
 
     An input the graph mutates in place is not read by slot: the compiled graph applies input mutations
     at its end, so a slot would see the old value."""
@@ -77,7 +77,7 @@ def outline_graph(gm: GraphModule, slots: Mapping[Node, int]) -> Outlined:
             graphs.append(branch)
     codes = {}  # codes with more outputs first, so that blocks with fewer can reuse them
     for site in sorted(sites, key=lambda s: -len(s.out_values)):
-        codes[id(site)] = _code_for(site)
+        codes[id(site)] = _code_for(site, tuple(sorted((options or {}).items())))
     for site in sites:
         _replace(site, *codes[id(site)])
     for g in graphs:
@@ -186,18 +186,19 @@ def prune_cond_operands(gm: GraphModule, cond: Node) -> None:
 # block code
 
 
-def _code_for(site: _Site) -> tuple[int, list[int]]:
+def _code_for(site: _Site, options: tuple) -> tuple[int, list[int]]:
     """The key of the code that computes this block, and which of its outputs are the block's."""
     raw, values, out_values, inputs = site.raw, site.values, site.out_values, site.inputs
     signature = "\n".join([*inputs, *_code_lines(raw)])
     for key, code in regional.BLOCKS.items():  # an existing code that computes these outputs and more
-        if code.inputs == inputs and len(code.outputs) > len(out_values):
+        if code.inputs == inputs and code.options == options and len(code.outputs) > len(out_values):
             picks = _subset_matching(code.raw, len(out_values), signature, inputs)
             if picks is not None:
                 return key, picks
     gm = _contiguous_outputs(raw, values, out_values)
     outputs = tuple((tuple(v.shape), v.dtype, v.device) for v in out_values)
-    return regional.register(signature, regional.BlockCode(gm, raw, inputs, outputs)), list(range(len(out_values)))
+    code = regional.BlockCode(gm, raw, inputs, outputs, options)
+    return regional.register(f"{options}\n{signature}", code), list(range(len(out_values)))
 
 
 def _subset_matching(raw: GraphModule, k: int, signature: str, inputs: tuple[str, ...]) -> list[int] | None:

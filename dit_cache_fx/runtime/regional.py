@@ -42,6 +42,7 @@ class BlockCode:
     raw: GraphModule  # the same before its outputs were made contiguous (blocks are matched on it)
     inputs: tuple[str, ...]  # shape, dtype and strides of each input
     outputs: tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]  # shape, dtype, device of each output
+    options: tuple = ()  # the inductor config it compiles with (`mode=`, `options=` of `compile`), sorted items
     compiled: dict = field(default_factory=dict)  # inputs' (shape, strides) -> inductor's callable
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -52,7 +53,7 @@ class BlockCode:
             with self.lock:
                 fn = self.compiled.get(layout)
                 if fn is None:
-                    fn = self.compiled[layout] = _compat.compile_function(self.gm, inputs)
+                    fn = self.compiled[layout] = _compat.compile_function(self.gm, inputs, dict(self.options))
         return list(fn(*inputs))
 
 
