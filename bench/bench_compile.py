@@ -177,8 +177,8 @@ def regional_rows(repeats: int, steps: int) -> list[str]:
         cached = f"{rows['R1.0'][kind]:.1f}" if kind.startswith("dit_cache_fx") else "-"
         lines.append(f"| {kind} | {cold:.1f} | {cold / med('cold', reg):.2f}x | {warm:.1f} | "
                      f"{rows['R0'][kind]:.1f} | {cached} |")
-    lines += ["", "Where the cold first call goes (s, medians; the backend's time includes inductor's one-off set-up, "
-              "e.g. its CPU vector-ISA probe, paid by whichever graph compiles first):", "",
+    lines += ["", "Where the cold first call goes (s, medians; inductor's one-off set-up, e.g. its CPU vector-ISA "
+              "probe, is paid by whichever graph compiles first: in regional mode the first block code):", "",
               "| variant | Dynamo tracing | backend (passes + graph compile) | block code (regional mode) | rest |",
               "|---|---|---|---|---|"]
     for kind in KINDS:

@@ -37,8 +37,10 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
             (a ProcessGroup or its name). Default: taken from the model's diffusers context-parallel config
             (`enable_parallelism` before `compile`); give it for models parallelised by other means.
         regional: compile each distinct block once and call it from every instance (in Fn, in the cond's
-            Mn branch, in Bn) instead of compiling the whole model as one graph: a shorter first call on deep
-            models, no fusion across block boundaries (`runtime/regional.py`).
+            Mn branch, in Bn) instead of compiling the whole model as one graph, and run the graph around the
+            blocks (embeddings, the decision and cond, the tail) uncompiled, as diffusers' regional
+            compilation does: a first call as short as `compile_repeated_blocks`, a few ms of Python per
+            call, no fusion across block boundaries (`runtime/regional.py`).
         **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, `dynamic`, ...); `mode=` and
             `options=` become inductor config for our backend, as with the default backend.
 

@@ -55,6 +55,7 @@ class ExplainReport:
     code: str  # the rewritten graph's code
     branch_code: dict[str, str] = field(default_factory=dict)
     compiled_graphs: int = 0
+    compilation: str = "whole graph by inductor"  # or regional mode's block codes (`_compilation`)
 
     @property
     def split(self) -> str:
@@ -79,6 +80,7 @@ class ExplainReport:
         else:
             out.append(f"Dynamo graphs: {self.graph_count}, graph breaks: {self.graph_break_count}")
             out += [f"  break: {r}" for r in self.break_reasons[:5]]
+        out.append(f"compiled: {self.compilation}")
         out.append("block runs found:")
         out += [f"  - {r}" for r in self.runs] or ["  (none)"]
         out += [f"  - not a run: {r}" for r in self.rejected]
@@ -145,4 +147,18 @@ def explain(module: torch.nn.Module, *args: Any, **kwargs: Any) -> ExplainReport
             for kind in ("compute", "cached"):
                 branch_code[f"{r.rid}_{kind}"] = getattr(gm, f"{r.rid}_{kind}").code
     return ExplainReport(type(getattr(module, "_orig_mod", module)).__name__, str(handle.specs), graphs, breaks,
-                         reasons, runs, rejected, skipped, regions, main.code, branch_code, len(handle.graphs))
+                         reasons, runs, rejected, skipped, regions, main.code, branch_code, len(handle.graphs),
+                         _compilation(handle))
+
+
+def _compilation(handle) -> str:
+    """How the graphs run: whole by inductor, or (regional mode) block codes called from the graph."""
+    if not handle.regional:
+        return "whole graph by inductor"
+    graphs = [g.record.gm for g in handle.graphs if g.record.gm is not None]
+    calls = [n.args[1] for top in graphs for gm in [top, *top.children()]
+             if isinstance(gm, torch.fx.GraphModule) for n in gm.graph.nodes
+             if n.target is torch.ops.dit_cache_fx.block.default]
+    around = {"python": "runs as FX code", "inductor": "compiled by inductor"}
+    outer = " / ".join(dict.fromkeys(around[g.outer] for g in handle.graphs))
+    return f"regional: {len(set(calls))} block codes for {len(calls)} blocks; the graph around them {outer}"

@@ -1,6 +1,6 @@
-"""Context parallelism (diffusers' own `enable_parallelism`, Ulysses and Ring) on 2 CPU processes over gloo:
-the threshold sits between the two ranks' *local* diffs at a consulted step — deciding on them, one rank would
-cache and the other compute, and the computing one would wait forever in the skipped blocks' all-to-all.
+"""Context parallelism (diffusers' own `enable_parallelism`, Ulysses and Ring; Ulysses also in regional mode)
+on 2 CPU processes over gloo: the threshold sits between the two ranks' *local* diffs at a consulted step —
+deciding on them, one rank would cache and the other compute, and the computing one would wait forever in the skipped blocks' all-to-all.
 With the diff sums all-reduced in the graph every rank caches the same steps, and those steps and the
 latents equal a single-process run on the full sequence."""
 
@@ -105,6 +105,7 @@ def _local_diffs(model, name: str) -> tuple[float, float]:
 
 
 def _worker(rank: int, world: int, port: int, mode: str, out_dir: str) -> None:
+    mode, _, regional = mode.partition("-")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
@@ -139,14 +140,15 @@ def _worker(rank: int, world: int, port: int, mode: str, out_dir: str) -> None:
             ora.remove()
 
             counters.clear()
-            compiled = dit_cache_fx.compile(cp, cache=config)
+            compiled = dit_cache_fx.compile(cp, cache=config, regional=bool(regional))
             got = _loop(compiled, name, cfg=name == "wan")
             s = dit_cache_fx.summary(compiled)
             result[name] = dict(local=local, overall=overall, thr=thr, cached=s.cached_steps,
                                 cached_uncond=s.branches[1].cached_steps if 1 in s.branches else None,
                                 oracle=ora.cached_steps(), oracle_uncond=ora.cached_steps(1),
                                 err=float((got - want).norm() / want.norm()), breaks=len(counters["graph_break"]),
-                                group=dit_cache_fx.api.handle_of(compiled).group)
+                                group=dit_cache_fx.api.handle_of(compiled).group,
+                                outer=[g.outer for g in dit_cache_fx.api.handle_of(compiled).graphs])
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     except BaseException:
@@ -157,7 +159,7 @@ def _worker(rank: int, world: int, port: int, mode: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", ["ulysses", "ring"])
+@pytest.mark.parametrize("mode", ["ulysses", "ring", "ulysses-regional"])
 def test_context_parallel_ranks_decide_together(mode, tmp_path):
     ctx = mp.get_context("spawn")
     port = _free_port()
@@ -181,3 +183,4 @@ def test_context_parallel_ranks_decide_together(mode, tmp_path):
         assert r0["cached"] == r1["cached"] == r0["oracle"] == [1], name  # all ranks: step 1, as one process
         assert r0["cached_uncond"] == r1["cached_uncond"] == (r0["oracle_uncond"] if name == "wan" else None)
         assert r0["err"] <= 1e-4 and r1["err"] <= 1e-4, name
+        assert set(r0["outer"]) == {"python" if mode.endswith("regional") else "inductor"}

@@ -46,6 +46,7 @@ def test_explain_report(compiled):
                                 "[transformer_blocks.1..transformer_blocks.3] | Bn=1 [transformer_blocks.4")
     text = str(rep)
     assert "torch.ops.higher_order.cond(" in text and "policy_decide(" in text
+    assert "compiled: whole graph by inductor" in text
     assert "branch r0_compute" in rep.text(verbose=True) and "branch r0_compute" not in text
 
 

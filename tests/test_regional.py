@@ -53,6 +53,8 @@ def test_regional_matches_whole_graph_and_oracle(name, distinct):
     n_blocks = sum(len(model.get_submodule(lst)) for lst in m.blocks)
     assert sum(calls.values()) == n_blocks and len(calls) == distinct  # every block outlined, few compilations
     assert [g.outer for g in handle(compiled).graphs] == ["python"]
+    assert (f"compiled: regional: {distinct} block codes for {n_blocks} blocks; the graph around them runs as FX code"
+            in str(dit_cache_fx.explain(compiled)))
     from torch._dynamo.utils import counters
     assert len(counters["graph_break"]) == 0 and len(handle(compiled).graphs) == 1
 

@@ -5,11 +5,13 @@ every cond's compute branch (Mn) — by one call of the opaque op
 
     torch.ops.dit_cache_fx.block(inputs: Tensor[], key: int, slots: int[]) -> Tensor[]
 
-`key` names the block's code (its graph, up to renaming, and its inputs' shapes, dtypes and strides): the
-instances of one block class share one key, so inductor compiles each distinct block once (on its first
-call), and the outer graph — embeddings, the cache's decision and cond, the model's tail — stays one small
-compiled graph with no graph break. Nothing fuses across a block boundary (the cost regional compilation
-always has); the cond still decides in the graph.
+`key` names the block's code (its graph, up to renaming, its inputs' shapes, dtypes and strides, and the
+inductor config): the instances of one block class share one key, so inductor compiles each distinct block
+once (on its first call). The outer graph — embeddings, the cache's decision and cond, the model's tail —
+stays one Dynamo graph with no graph break; with every block outlined it runs as its FX code, uncompiled,
+as regional compilation leaves the glue eager (the backend compiles it when a block had to stay inline).
+Nothing fuses across a block boundary (the cost regional compilation always has); the cond still decides
+in the graph.
 
 `slots` says where each input of the code comes from: `-1` the next tensor of `inputs`, `i >= 0` the
 outer graph's input `i` of the current call (`graph_inputs`). The blocks' weights are graph inputs that
