@@ -63,6 +63,10 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
     mode = torch_compile_kwargs.pop("mode", None)
     options = dict(_compat.inductor_mode_options(mode) if mode else {})
     options.update(torch_compile_kwargs.pop("options", None) or {})
+    if regional and options.get("triton.cudagraphs"):
+        warnings.warn("dit_cache_fx: regional=True runs the graph around the blocks uncompiled, so it uses no CUDA "
+                      "graphs; the block code compiles without them (use the whole-graph mode for CUDA graphs)",
+                      stacklevel=2)
     torch_compile_kwargs.setdefault("dynamic", False)
     # each compiled wrapper keeps its own Dynamo entries: several cache settings of one model class (or the two
     # experts of Wan 2.2) neither count as each other's recompiles nor exhaust a shared recompile limit

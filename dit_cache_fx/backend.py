@@ -265,7 +265,8 @@ class CacheBackend:
                                 timestep)
         kept, as_python = None, False
         if h.regional:
-            outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)}, h.inductor_options)
+            block_options = {k: v for k, v in h.inductor_options.items() if k != "triton.cudagraphs"}
+            outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)}, block_options)
             kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
             example_inputs = [example_inputs[i] for i in kept]
             as_python = outlined.outlined > 0 and outlined.inline == 0

@@ -111,3 +111,10 @@ def test_regional_on_more_models(name):
                    for n in g.graph.nodes if n.target is torch.ops.dit_cache_fx.block.default)
     assert (outlined == 0) == (name == "mochi")
     assert {g.outer for g in handle(compiled).graphs} == {"inductor" if name == "mochi" else "python"}
+
+
+def test_cuda_graph_modes_say_regional_mode_uses_none():
+    """`mode="reduce-overhead"` asks for CUDA graphs; regional mode runs the glue uncompiled and says so."""
+    model = MODELS["flux"].build()
+    with pytest.warns(UserWarning, match="uses no CUDA graphs"):
+        dit_cache_fx.compile(model, cache="F1B0", regional=True, mode="reduce-overhead")
