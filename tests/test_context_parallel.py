@@ -1,8 +1,8 @@
 """Context parallelism (diffusers' own `enable_parallelism`, Ulysses and Ring; Ulysses also in regional mode)
 on 2 CPU processes over gloo: the threshold sits between the two ranks' *local* diffs at a consulted step —
-deciding on them, one rank would cache and the other compute, and the computing one would wait forever in the skipped blocks' all-to-all.
-With the diff sums all-reduced in the graph every rank caches the same steps, and those steps and the
-latents equal a single-process run on the full sequence."""
+deciding on them, one rank would cache and the other compute, and the computing one would wait forever in
+the skipped blocks' all-to-all. With the diff sums all-reduced in the graph every rank caches the same steps,
+and those steps and the latents equal a single-process run on the full sequence."""
 
 from __future__ import annotations
 

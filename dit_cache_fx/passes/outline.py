@@ -75,9 +75,10 @@ def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping |
             fed = {p for p, o in zip(phs, cond.args[3]) if o in produced}
             sites += _sites(branch, {p: slots[o] for p, o in zip(phs, cond.args[3]) if o in slots}, fed)
             graphs.append(branch)
+    config = tuple(sorted((options or {}).items()))
     codes = {}  # codes with more outputs first, so that blocks with fewer can reuse them
     for site in sorted(sites, key=lambda s: -len(s.out_values)):
-        codes[id(site)] = _code_for(site, tuple(sorted((options or {}).items())))
+        codes[id(site)] = _code_for(site, config)
     for site in sites:
         _replace(site, *codes[id(site)])
     for g in graphs:
