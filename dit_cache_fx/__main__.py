@@ -1,4 +1,4 @@
-"""Command line: `dit-cache-fx demo | bench | explain` (or `python -m dit_cache_fx ...`).
+"""Command line: `dit-cache-fx demo | bench | explain | metrics` (or `python -m dit_cache_fx ...`).
 
 Arguments are parsed before anything heavy is imported, so `--help` answers at once.
 """
@@ -65,6 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="dit-cache-fx-regions.svg", help="picture path (.svg or .png)")
     e.add_argument("--verbose", action="store_true", help="also print the rewritten graph's code")
     e.set_defaults(run="dit_cache_fx.demo:explain_main")
+
+    m = sub.add_parser("metrics", formatter_class=fmt,
+                       help="PSNR / SSIM / MSE of TEST images against REF (LPIPS, FID, CLIP when their weights are here)")
+    m.add_argument("ref", type=Path, help="reference folder or file: images (.png .jpg .jpeg .webp .bmp) or .pt / .npy")
+    m.add_argument("test", type=Path, help="folder or file to compare, matched to REF by relative file name")
+    m.add_argument("--metrics", default="psnr,ssim,mse", help="comma-separated, from psnr,ssim,mse,lpips,fid,clip")
+    m.add_argument("--per-pair", action="store_true", help="a table row per image pair, not only the mean")
+    m.add_argument("--json", action="store_true", help="print JSON: the means, count and the per-pair rows")
+    m.add_argument("--data-range", type=float, default=None,
+                   help="peak-to-peak value range for PSNR / SSIM (None: from each reference's dtype and values)")
+    m.add_argument("--ssim-window", choices=["gaussian", "uniform"], default="gaussian",
+                   help="gaussian: Wang et al. 2004 (11x11, sigma 1.5); uniform: scikit-image's default 7x7, "
+                   "as cache-dit 1.5.3 reports")
+    m.add_argument("--clip-model", default="openai/clip-vit-large-patch14",
+                   help="CLIP model for --metrics clip: a Hugging Face id already in the cache, or a local folder")
+    m.set_defaults(run="dit_cache_fx.metrics:main")
     return p
 
 

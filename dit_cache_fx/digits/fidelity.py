@@ -2,7 +2,7 @@
 
 For each step count, every cache setting gives (fraction of block compute saved, PSNR vs the uncached
 output at the same seeds); the baseline is the uncached pipeline run with fewer steps, whose saved
-compute is 1 - k/steps. Writes a markdown table and a plot. `dit-cache-fx bench` / bench/fidelity.py.
+compute is 1 - k/steps. Writes a markdown table and a plot. `dit-cache-fx bench` / bench/bench_fidelity.py.
 
 Block compute saved = cached_steps · (N − Fn − Bn) / (steps · N), N = number of transformer blocks,
 cached_steps counted on the conditional CFG branch.

@@ -1,6 +1,6 @@
 """Fidelity benchmark entry point: writes bench/fidelity.md and bench/fidelity.png.
 
-    python bench/fidelity.py [--steps 28,50] [--backend inductor] ...   (same as `dit-cache-fx bench`)
+    python bench/bench_fidelity.py [--steps 28,50] [--backend inductor] ...   (same as `dit-cache-fx bench`)
 
 The logic lives in dit_cache_fx/digits/fidelity.py.
 """

@@ -1,6 +1,6 @@
 """Kernel benchmark: the cache-region ops against unfused torch ops and a copy of the same bytes.
 
-    python bench/kernels.py [--numel N] [--order K] [--repeats R] [--threads T] [--out bench/kernels_cpu.md]
+    python bench/bench_kernels.py [--numel N] [--order K] [--repeats R] [--threads T] [--out bench/kernels_cpu.md]
 
 On CUDA: achieved GB/s of each Triton kernel (the op, eager), of the same math compiled by inductor, of
 the unfused eager torch ops, and of a device-to-device copy of the same number of bytes (the roofline).
@@ -73,7 +73,7 @@ def header(cuda: bool, n: int, a: argparse.Namespace) -> list[str]:
     lines = [title, ""]
     if not cuda:
         lines += ["**No GPU here, so the Triton kernels did not run: their GB/s (against a copy of the",
-                  "same bytes and against the unfused ops) needs a GPU; run `python bench/kernels.py` on a",
+                  "same bytes and against the unfused ops) needs a GPU; run `python bench/bench_kernels.py` on a",
                   "CUDA machine.** Below, on CPU: each op's torch branch compiled by inductor (what a",
                   "compiled model runs on CPU) against the same math as eager unfused torch ops, and a copy",
                   "of the same bytes.", ""]
