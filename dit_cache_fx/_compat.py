@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -180,8 +181,14 @@ def graph_break_reasons() -> list[str]:
 
 
 class DynamoFlags:
-    """Set Dynamo config flags (read when Dynamo traces) for the duration of a call: a lighter
-    `torch._dynamo.config.patch` (plain attribute sets, a few µs per call)."""
+    """Set Dynamo config flags (read when Dynamo traces) while any call of ours runs: a lighter
+    `torch._dynamo.config.patch` (plain attribute sets, a few µs per call) through one locked,
+    reference-counted door. Dynamo's config is process-wide, so overlapping calls (several threads, several
+    models) must not restore a flag another call still relies on: the first call in sets a flag, the last
+    one out restores the user's value. The flags we set only ever switch a capture on, so the calls agree."""
+
+    _lock = threading.Lock()
+    _held: dict[str, list] = {}  # flag -> [holders, the user's value]
 
     def __init__(self, **flags: Any) -> None:
         import torch._dynamo.config as dynamo_config
@@ -189,13 +196,22 @@ class DynamoFlags:
         self.config, self.flags = dynamo_config, flags
 
     def __enter__(self) -> None:
-        self.old = {k: getattr(self.config, k) for k in self.flags}
-        for k, v in self.flags.items():
-            setattr(self.config, k, v)
+        with self._lock:
+            for k, v in self.flags.items():
+                held = self._held.get(k)
+                if held is None:
+                    held = self._held[k] = [0, getattr(self.config, k)]
+                    setattr(self.config, k, v)
+                held[0] += 1
 
     def __exit__(self, *exc: Any) -> None:
-        for k, v in self.old.items():
-            setattr(self.config, k, v)
+        with self._lock:
+            for k in self.flags:
+                held = self._held[k]
+                held[0] -= 1
+                if held[0] == 0:
+                    setattr(self.config, k, held[1])
+                    del self._held[k]
 
 
 def reset_dynamo() -> None:

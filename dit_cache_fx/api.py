@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import inspect
+import sys
+import threading
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import _compat
 from .backend import CacheBackend, CacheHandle
-from .config import CacheArg, CacheConfig, RunSpecs
+from .config import CFG_BRANCH_OF_NAME, CacheArg, CacheConfig, RunSpecs
 from .errors import CachePlanError, DitCacheError, NoBlockRunError
+from .runtime import regional
 from .runtime.store import StateStore
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 _HANDLE_ATTR = "_dit_cache_fx"
 
 
-def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: str = "raise",
+def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0", *, on_no_blocks: str = "raise",
             max_shapes: int = 4, process_group: Any = None, regional: bool = False,
-            **torch_compile_kwargs: Any) -> torch.nn.Module:
+            **torch_compile_kwargs: Any) -> Any:
     """Compile `module` with DBCache step caching rewritten into the graph.
 
     Args:
-        module: a diffusers transformer (or any module whose forward runs lists of repeated blocks).
+        module: a diffusers transformer (or any module whose forward runs lists of repeated blocks); or a
+            diffusers pipeline: its denoisers (`transformer`, and `transformer_2` where present) are compiled
+            in place with these arguments and every pipeline call starts a new generation (exact, where the
+            transformer alone can only tell generations apart by their timesteps). Returns the pipeline.
         cache: a spec string (`"F8B0_W8MC3_R0.08_T1"`, see `CacheConfig`) or a `CacheConfig`, used for
             every block run; or a mapping from block-list name to a spec (or None: not cached), e.g.
             `{"transformer_blocks": "F1B0_R0.08", "single_transformer_blocks": "F1B0_R0.24"}` (see
@@ -56,6 +67,9 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
         >>> image = pipe(prompt, num_inference_steps=28).images[0]
         >>> print(dit_cache_fx.summary(pipe.transformer))
     """
+    if is_pipeline(module):
+        return _compile_pipeline(module, cache, on_no_blocks=on_no_blocks, max_shapes=max_shapes,
+                                 process_group=process_group, regional=regional, **torch_compile_kwargs)
     if on_no_blocks not in ("raise", "compile"):
         raise ValueError(f"on_no_blocks must be 'raise' or 'compile', got {on_no_blocks!r}")
     if "backend" in torch_compile_kwargs:
@@ -82,8 +96,89 @@ def compile(module: torch.nn.Module, cache: CacheArg = "F8B0", *, on_no_blocks: 
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
-    compiled.forward = _forward(handle, compiled.forward)
+    compiled.forward = _forward(handle, compiled.forward, module)
+    if callable(getattr(module, "cache_context", None)):  # diffusers' `CacheMixin`: the pipeline names its calls
+        compiled.__dict__["cache_context"] = _naming(handle, module.cache_context)
     return compiled
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the pipeline form
+
+DENOISERS = ("transformer", "transformer_2")  # the components of a diffusers pipeline that `compile(pipe)` caches
+
+
+def is_pipeline(obj: Any) -> bool:
+    """A diffusers pipeline (diffusers imported only when it is already loaded)."""
+    diffusers = sys.modules.get("diffusers")
+    return diffusers is not None and isinstance(obj, diffusers.DiffusionPipeline)
+
+
+def denoisers(pipe: Any) -> dict[str, torch.nn.Module]:
+    """The pipeline's denoiser components that are modules, by attribute."""
+    return {a: m for a in DENOISERS if isinstance(m := getattr(pipe, a, None), torch.nn.Module)}
+
+
+def _compile_pipeline(pipe: Any, cache: CacheArg, **kwargs: Any) -> Any:
+    found = denoisers(pipe)
+    if not found:
+        raise CachePlanError(f"{type(pipe).__name__} has no denoiser to cache: dit_cache_fx.compile(pipe) compiles "
+                             f"the components {list(DENOISERS)}, and this pipeline has {sorted(pipe.components)}")
+    for attr, m in found.items():
+        if _HANDLE_ATTR in m.__dict__:
+            raise CachePlanError(f"pipe.{attr} is already compiled by dit_cache_fx; compile the pipeline or its "
+                                 "transformer, not both")
+        compiled = compile(m, cache, **kwargs)
+        compiled.__dict__[_HANDLE_ATTR].marks_generations = True
+        setattr(pipe, attr, compiled)
+    pipe.__class__ = _marking_class(type(pipe))
+    return pipe
+
+
+_MARKING: dict[type, type] = {}
+_MARKING_LOCK = threading.Lock()
+
+
+def _marking_class(cls: type) -> type:
+    """`cls` with a `__call__` that starts a new generation (in the calling thread) of every compiled
+    denoiser before running the pipeline: a per-instance subclass, same name, so only this pipeline is
+    changed."""
+    if getattr(cls, "_dit_cache_fx_marks", False):
+        return cls
+    with _MARKING_LOCK:
+        sub = _MARKING.get(cls)
+        if sub is None:
+            call = cls.__call__
+
+            @functools.wraps(call)
+            def __call__(self, *args, **kwargs):
+                for m in denoisers(self).values():
+                    handle = m.__dict__.get(_HANDLE_ATTR)
+                    if handle is not None:
+                        handle.store.reset(everywhere=False)
+                return call(self, *args, **kwargs)
+
+            sub = _MARKING[cls] = type(cls.__name__, (cls,), {"__call__": __call__, "_dit_cache_fx_marks": True,
+                                                             "__module__": cls.__module__,
+                                                             "__qualname__": cls.__qualname__})
+    return sub
+
+
+def _naming(handle: CacheHandle, cache_context):
+    """The compiled module's `cache_context(name)`: diffusers' own, plus the name for the calls inside it
+    (the CFG branch, `config.CFG_BRANCH_OF_NAME`)."""
+
+    @contextlib.contextmanager
+    def cache_context_named(name: str, **kwargs: Any):
+        c = handle.call
+        before, c.name = c.name, name
+        try:
+            with cache_context(name, **kwargs):
+                yield
+        finally:
+            c.name = before
+
+    return cache_context_named
 
 
 def forward_signature(module: torch.nn.Module) -> inspect.Signature:
@@ -92,7 +187,7 @@ def forward_signature(module: torch.nn.Module) -> inspect.Signature:
     return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
-def _forward(handle: CacheHandle, dynamo_forward):
+def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module):
     failed = _compat.backend_compiler_failed()
     # while Dynamo traces: data-dependent ops (`nonzero`, `.item()`) stay in the graph instead of breaking it,
     # so the blocks around them stay in one graph (Mochi's attention); with dynamic shapes module float
@@ -101,7 +196,9 @@ def _forward(handle: CacheHandle, dynamo_forward):
                                 **({"specialize_float": True} if handle.dynamic is not False else {}))
 
     def forward(*args, **kwargs):
-        handle.begin_call(args, kwargs)
+        call = handle.begin_call(args, kwargs)
+        if call.name is not None and call.hint < 0 and handle.specs.enabled:
+            return _unknown_call(handle, module, call.name, args, kwargs)
         try:
             with flags:
                 out = dynamo_forward(*args, **kwargs)
@@ -109,16 +206,42 @@ def _forward(handle: CacheHandle, dynamo_forward):
             if isinstance(e.inner_exception, DitCacheError):
                 raise e.inner_exception from None
             raise
-        _end_call(handle)
+        _end_call(handle, call)
         return out
 
     return forward
 
 
-def _end_call(handle: CacheHandle) -> None:
+def _unknown_call(handle: CacheHandle, module: torch.nn.Module, name: str, args: tuple, kwargs: dict):
+    """A call the pipeline names neither cond nor uncond (LTX-2's "uncond_stg", "uncond_modality": a third
+    guidance pass per step): its own branch, which the cache has no state for. It runs the original module,
+    uncached, and leaves the step context alone."""
+    if not handle.warned_names:
+        handle.warned_names = True
+        warnings.warn(f"dit_cache_fx: the pipeline names calls {name!r} (diffusers' cache_context); dit_cache_fx keeps "
+                      f"cache state for the names {sorted(CFG_BRANCH_OF_NAME)} only, so these calls run the original "
+                      "module, uncompiled and uncached", stacklevel=3)
+    return module(*args, **kwargs)
+
+
+_AMBIGUITY_CHECKS = 16  # calls whose step context the host reads for `ambiguous` (one sync each, then never)
+
+
+def _end_call(handle: CacheHandle, call) -> None:
     if not handle.specs.enabled:
         return
-    if not handle.ran and handle.regions and not handle.warned_eager:
+    if not handle.marks_generations and not handle.warned_ambiguous and handle.checks_done < _AMBIGUITY_CHECKS:
+        handle.checks_done += 1
+        ctx = handle.store.ctx
+        if ctx is not None and bool(ctx.ambiguous):
+            handle.warned_ambiguous = True
+            warnings.warn(
+                "dit_cache_fx: a call repeated its generation's only timestep so far, so the timesteps cannot show "
+                "where one generation ends and the next begins (1-step generations back to back?): they may be "
+                "counted as one. Compile the pipeline instead (dit_cache_fx.compile(pipe, cache=...)), which starts "
+                "a generation at every pipeline call, or call dit_cache_fx.reset(model) before each generation",
+                stacklevel=3)
+    if not call.ran and handle.regions and not handle.warned_eager:
         handle.warned_eager = True
         warnings.warn("dit_cache_fx: this call ran without the compiled graphs (Dynamo fell back to eager, e.g. its "
                       "recompile limit was hit): nothing was cached. Compile with dynamic=True, or pass a larger "
@@ -193,33 +316,60 @@ def check_block_lists(module: torch.nn.Module, specs: RunSpecs) -> None:
 # runtime control
 
 
+def compiled_modules(obj: Any) -> dict[str, torch.nn.Module]:
+    """The modules compiled by dit_cache_fx behind `obj`: itself, or a pipeline's compiled denoisers (by
+    attribute)."""
+    if is_pipeline(obj):
+        found = {a: m for a, m in denoisers(obj).items() if _HANDLE_ATTR in m.__dict__}
+        if not found:
+            raise TypeError(f"no denoiser of {type(obj).__name__} was compiled by dit_cache_fx.compile")
+        return found
+    handle_of(obj)
+    return {"": obj}
+
+
 def handle_of(module: torch.nn.Module) -> CacheHandle:
+    if is_pipeline(module):
+        found = compiled_modules(module)
+        if len(found) > 1:
+            raise TypeError(f"{type(module).__name__} has {len(found)} compiled denoisers {sorted(found)}: name one")
+        module = next(iter(found.values()))
     handle = module.__dict__.get(_HANDLE_ATTR)
     if handle is None:
         raise TypeError(f"{type(module).__name__} was not compiled by dit_cache_fx.compile")
     return handle
 
 
-def reset(module: torch.nn.Module) -> None:
-    """Start a new generation at the next call (one is also started automatically when the timesteps
-    restart)."""
-    handle_of(module).store.reset()
+def reset(module: torch.nn.Module | DiffusionPipeline) -> None:
+    """Start a new generation at the next call, in every thread (one is also started automatically when the
+    timesteps restart, and by every call of a pipeline compiled whole)."""
+    for m in compiled_modules(module).values():
+        handle_of(m).store.reset()
 
 
-def release(module: torch.nn.Module) -> None:
-    """Free the cache state of every input shape (the next call at a shape starts from scratch)."""
-    handle_of(module).store.release()
+def release(module: torch.nn.Module | DiffusionPipeline) -> None:
+    """Free the cache state of every input shape and thread, and the host's compiled step classifier (the
+    next call starts from scratch, as a new generation)."""
+    for m in compiled_modules(module).values():
+        handle = handle_of(m)
+        handle.store.release()
+        regional.release(handle)
 
 
-def configure(module: torch.nn.Module, cache: CacheArg = None, *, region: str | None = None, **fields: Any) -> None:
+def configure(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = None, *, region: str | None = None,
+              **fields: Any) -> None:
     """Change runtime settings of a compiled module without recompiling.
 
     Either a full spec (`configure(m, "F1B0_W4_R0.2")`: every field takes the spec's value or its default,
     as in `compile`), or keyword fields that change only themselves (`configure(m, residual_diff_threshold=0.2)`),
     for every region or the one named (`region="single_transformer_blocks[0:38]"` or a block-list name).
     Fields that shape the graph (`CacheConfig.structural_fields()`: Fn, Bn, TaylorSeer order and encoder,
-    timestep_arg) cannot change: compile again for those.
+    timestep_arg) cannot change: compile again for those. A pipeline: every compiled denoiser.
     """
+    if is_pipeline(module):
+        for m in compiled_modules(module).values():
+            configure(m, cache, region=region, **fields)
+        return
     handle = handle_of(module)
     if (cache is None) == (not fields):
         raise TypeError("configure takes a spec (string, CacheConfig or mapping) or keyword fields, not both")

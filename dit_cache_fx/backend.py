@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import re
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from . import _compat
-from .config import RunSpecs
+from .config import CFG_BRANCH_OF_NAME, RunSpecs
 from .errors import CachePlanError
 from .passes.graph_utils import placeholders, value_of
 from .passes.outline import drop_unused_inputs, outline_graph
@@ -107,40 +108,67 @@ class CacheHandle:
     graphs: list[GraphInfo] = field(default_factory=list)
     timestep: InputPath | None = None
     input_names: tuple[str, ...] = ()
-    pending: bool = False  # a call began and is not classified yet
-    ran: bool = False  # a compiled graph ran during the current call
-    call_args: tuple = ((), {})
+    marks_generations: bool = False  # the pipeline form of `compile` resets at every pipeline call
     warned_shapes: bool = False  # "a new shape compiles another graph", said once
     warned_eager: bool = False  # "a call ran without the compiled graphs", said once
+    warned_names: bool = False  # "the pipeline names calls we do not understand", said once
+    warned_ambiguous: bool = False  # "the timesteps cannot show where a generation ends", said once
     checked: bool = False  # the first call's "found something to cache" check is done
+    checks_done: int = 0  # calls whose step context was read for `ambiguous`
+    _calls: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
     def regions(self) -> list[RegionRecord]:
         return [r for g in self.graphs for r in g.record.regions]
 
-    def begin_call(self, args: tuple, kwargs: dict) -> None:
-        self.pending, self.ran, self.call_args = True, False, (args, kwargs)
+    @property
+    def call(self) -> CallState:
+        """The calling thread's current call."""
+        c = getattr(self._calls, "state", None)
+        if c is None:
+            c = self._calls.state = CallState()
+        return c
+
+    def begin_call(self, args: tuple, kwargs: dict) -> CallState:
+        c = self.call
+        c.pending, c.ran, c.args = True, False, (args, kwargs)
+        c.hint = CFG_BRANCH_OF_NAME.get(c.name, -1) if c.name is not None else -1
+        return c
 
     def classify(self, device: torch.device | None, in_graph: bool = False, eager: bool = False) -> None:
         """Advance the step context for the current call (once per call, by the first graph that runs):
         mark it pending for a graph that classifies it itself (`in_graph`), else classify it here (`eager`:
         with plain torch ops, for a rare call that needs the step on the host before the graph runs)."""
-        self.ran = True
-        if not self.pending or device is None:
+        c = self.call
+        c.ran = True
+        if not c.pending or device is None:
             return
+        ctx = self.store.context(device)
+        self.store.set_hint(ctx, c.hint)
         if in_graph:
-            self.store.context(device).pending.fill_(True)
-            self.pending = False
+            ctx.pending.fill_(True)
+            c.pending = False
             return
         if self.timestep is None:
             raise CachePlanError(
                 "dit_cache_fx could not find the model's timestep input (the input that feeds its timestep "
                 f"embedding) among the inputs {list(self.input_names)}; pass CacheConfig(timestep_arg=<name>)")
-        t = self.timestep.fetch(self.signature, *self.call_args)
+        t = self.timestep.fetch(self.signature, *c.args)
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(float(t))
-        step.classify(self.store.context(device), t, compiled=not eager)
-        self.pending = False
+        step.classify(ctx, t, None if eager else self.store.classifiers)
+        c.pending = False
+
+
+@dataclass
+class CallState:
+    """One thread's current call of the module."""
+
+    pending: bool = False  # a call began and is not classified yet
+    ran: bool = False  # a compiled graph ran during the call
+    args: tuple = ((), {})
+    name: str | None = None  # the pipeline's `cache_context` name around the call
+    hint: int = -1  # the CFG branch that name gives (-1: none)
 
 
 class GraphRunner:
@@ -153,33 +181,43 @@ class GraphRunner:
         self.kept = kept  # the Dynamo inputs the compiled graph takes (regional mode drops the weights only blocks read)
         self.shape_of = [_dims_evaluator(r.dims, symbols) for r in regions]
         self._extra: dict[tuple, list[torch.Tensor]] = {}
+        self._states: dict[tuple, list] = {}  # per key: (region name, dims, state) of each region
         self._epoch = -1
 
     def __call__(self, *args):
         h = self.handle
         extra: list[torch.Tensor] | None = []
+        keys = None
         if self.regions:
-            keys = tuple(ev(args)[0] for ev in self.shape_of)
+            serial = h.store.mine().serial  # each thread its own state tensors
             if self._epoch != h.store.epoch:
                 self._extra.clear()
+                self._states.clear()
                 self._epoch = h.store.epoch
+            keys = (serial, tuple(ev(args)[0] for ev in self.shape_of))
             extra = self._extra.get(keys)
         if extra is None:  # new sizes: the host checks them against the step, so it classifies this call
             h.classify(self.device, eager=True)
-            extra = self._extra[keys] = self._tensors(args)
+            extra = self._extra[keys] = self._tensors(args, keys)
         else:
             h.classify(self.device, in_graph=self.classifies)
+        for name, dims, state in self._states.get(keys, ()):
+            h.store.note_call(name, dims, state)
         taken = args if self.kept is None else [args[i] for i in self.kept]
         with torch.no_grad(), regional.graph_inputs(args) if h.regional else contextlib.nullcontext():
             return self.compiled(*taken, *extra)
 
-    def _tensors(self, args) -> list[torch.Tensor]:
+    def _tensors(self, args, keys) -> list[torch.Tensor]:
         store = self.handle.store
         out = store.context(self.device).tensors()
+        states = []
         for r, ev in zip(self.regions, self.shape_of):
             _, dims = ev(args)
             out += store.policy(r.plan.name, r.plan.config, self.device).tensors()
-            out += store.state(r.plan.name, dims, self.device).tensors()
+            state = store.state(r.plan.name, dims, self.device)
+            states.append((r.plan.name, dims, state))
+            out += state.tensors()
+        self._states[keys] = states
         return out
 
 
@@ -267,6 +305,7 @@ class CacheBackend:
         if h.regional:
             block_options = {k: v for k, v in h.inductor_options.items() if k != "triton.cudagraphs"}
             outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)}, block_options)
+            regional.own(h, outlined.keys)
             kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
             example_inputs = [example_inputs[i] for i in kept]
             as_python = outlined.outlined > 0 and outlined.inline == 0

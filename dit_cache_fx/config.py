@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_MASK_STEPS = 1024
+# the CFG branch of a call the pipeline names with diffusers' `transformer.cache_context(name)`
+# ("cond_uncond": CFG batched in one call); other names are not understood and leave the branch to the guess
+CFG_BRANCH_OF_NAME = {"cond": 0, "cond_uncond": 0, "uncond": 1}
 
 # cache-dit's preset masks for 28 steps: alternating runs of computed / cached steps (last step computed)
 PRESET_BINS = {

@@ -16,6 +16,7 @@ Semantics are cache-dit's with the fixes listed in the README.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import CacheConfig
+from .config import CFG_BRANCH_OF_NAME, CacheConfig
 
 
 @dataclass
@@ -40,19 +41,26 @@ class StepState:
     last_cond_t: float = math.nan
     direction: float = 0.0
     reset: bool = False
+    ambiguous: bool = False
 
 
-def classify_call(ctx: StepState, t: float, cfg_mode: bool | None) -> bool:
-    """Advance `ctx` for a call at timestep `t`; returns whether it starts a new generation."""
+def classify_call(ctx: StepState, t: float, cfg_mode: bool | None, hint: int = -1) -> bool:
+    """Advance `ctx` for a call at timestep `t` (`hint`: the branch the pipeline named, -1 none); returns
+    whether it starts a new generation."""
     has_last = ctx.call > 0
     repeat = has_last and t == ctx.last_t
     cfg_on = cfg_mode is True or (cfg_mode is None and ctx.cfg_seen)
     expect_uncond = cfg_on and has_last and ctx.branch == 0
-    detect = cfg_mode is None and not ctx.cfg_seen and repeat and ctx.calls == 1
+    detect = cfg_mode is None and not ctx.cfg_seen and repeat and ctx.calls == 1 and hint < 0
     uncond = expect_uncond if cfg_mode is True else (expect_uncond and repeat) or detect
-    moved = 0.0 if math.isnan(ctx.last_cond_t) else float((t > ctx.last_cond_t) - (t < ctx.last_cond_t))
+    if hint >= 0:
+        uncond = hint == 1
+        detect = uncond
+    moved = math.nan if math.isnan(ctx.last_cond_t) else float((t > ctx.last_cond_t) - (t < ctx.last_cond_t))
     against = ctx.direction != 0 and moved == -ctx.direction
     new_gen = ctx.reset or not has_last or (not uncond and against)
+    ctx.ambiguous = ctx.ambiguous or (not new_gen and not uncond and moved == 0 and ctx.direction == 0)
+    moved = 0.0 if math.isnan(moved) else moved
     if new_gen:
         ctx.direction, ctx.step, ctx.calls, ctx.cfg_seen = 0.0, 0, 1, False
         ctx.gen += 1
@@ -151,6 +159,7 @@ class Region:
     entry: torch.Tensor | None = None
     mn_in: tuple = (None, None)
     before: Counters | None = None  # the current branch's counters before this call's decision
+    shape: tuple | None = None  # the hidden stream's shape at the region's previous call
 
     @property
     def first_mn(self) -> int:
@@ -181,9 +190,13 @@ class EagerDBCache:
         self.ctx, self.cfg_mode, self.timestep_arg = StepState(), cfg_mode, timestep_arg
         self._handles = [model.register_forward_pre_hook(self._begin, with_kwargs=True)]
         self._originals = []
+        self.call_name: str | None = None  # the pipeline's `cache_context` name for the current call
+        if callable(getattr(model, "cache_context", None)):
+            self._originals.append((model, "cache_context", model.__dict__.get("cache_context")))
+            model.cache_context = self._naming(model.cache_context)
         for region in self.regions:
             for i, block in enumerate(region.blocks):
-                self._originals.append((block, block.__dict__.get("forward")))
+                self._originals.append((block, "forward", block.__dict__.get("forward")))
                 block.forward = self._wrap(region, i, block.forward)
 
     @classmethod
@@ -195,11 +208,22 @@ class EagerDBCache:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
-        for block, fwd in self._originals:  # leave the blocks exactly as found (compiled code guards on it)
-            if fwd is None:
-                del block.forward
+        for m, attr, fn in self._originals:  # leave the modules exactly as found (compiled code guards on it)
+            if fn is None:
+                del m.__dict__[attr]
             else:
-                block.forward = fwd
+                setattr(m, attr, fn)
+
+    def _naming(self, cache_context):
+        @contextlib.contextmanager
+        def named(name: str, **kwargs):
+            before, self.call_name = self.call_name, name
+            try:
+                with cache_context(name, **kwargs):
+                    yield
+            finally:
+                self.call_name = before
+        return named
 
     def reset(self) -> None:
         self.ctx.reset = True
@@ -217,7 +241,7 @@ class EagerDBCache:
         t = bound.get(self.timestep_arg, kwargs.get(self.timestep_arg))
         t = float(t.detach().reshape(-1).float().amax()) if isinstance(t, torch.Tensor) else float(t)
         t = float(torch.tensor(t, dtype=torch.float32))  # the graph compares fp32 timesteps
-        if classify_call(self.ctx, t, self.cfg_mode):
+        if classify_call(self.ctx, t, self.cfg_mode, CFG_BRANCH_OF_NAME.get(self.call_name, -1)):
             for r in self.regions:
                 r.branches = [BranchState(), BranchState()]
         for r in self.regions:
@@ -245,8 +269,12 @@ class EagerDBCache:
 
     def _wrap(self, region: Region, i: int, forward):
         def run(*args, **kwargs):
-            st = region.branches[self.ctx.branch]
             h, e = self._streams(region, args, kwargs)
+            if i == 0:
+                if region.shape is not None and region.shape != tuple(h.shape):  # the batch changed: start over
+                    region.branches = [BranchState(), BranchState()]
+                region.shape = tuple(h.shape)
+            st = region.branches[self.ctx.branch]
             if region.first_mn <= i <= region.last_mn and region.cached:
                 if i < region.last_mn:
                     return self._pack(region, h, e)  # skipped: pass the streams through

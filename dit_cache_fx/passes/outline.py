@@ -54,6 +54,7 @@ class _Site:
 class Outlined(NamedTuple):
     outlined: int  # blocks now calls of their block code
     inline: int  # blocks left as they were (a non-tensor input, symbolic or data-dependent sizes)
+    keys: frozenset = frozenset()  # the block codes the graph calls (`regional.BLOCKS`)
 
 
 def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping | None = None) -> Outlined:
@@ -90,7 +91,7 @@ def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping |
         gm.graph.lint()
         gm.recompile()
     inline = {b[0] for g in graphs for n in g.graph.nodes if n.op.startswith("call") and (b := node_block(n))}
-    return Outlined(len(sites), len(inline))
+    return Outlined(len(sites), len(inline), frozenset(key for key, _ in codes.values()))
 
 
 def _mutated(p: Node) -> bool:
@@ -191,7 +192,7 @@ def _code_for(site: _Site, options: tuple) -> tuple[int, list[int]]:
     """The key of the code that computes this block, and which of its outputs are the block's."""
     raw, values, out_values, inputs = site.raw, site.values, site.out_values, site.inputs
     signature = "\n".join([*inputs, *_code_lines(raw)])
-    for key, code in regional.BLOCKS.items():  # an existing code that computes these outputs and more
+    for key, code in regional.codes():  # an existing code that computes these outputs and more
         if code.inputs == inputs and code.options == options and len(code.outputs) > len(out_values):
             picks = _subset_matching(code.raw, len(out_values), signature, inputs)
             if picks is not None:

@@ -107,6 +107,10 @@ class StepContext(StateGroup):
     last_t: Tensor = slot(torch.float32, "timestep of the previous call", init=float("nan"))
     last_cond_t: Tensor = slot(torch.float32, "timestep of the previous branch-0 call", init=float("nan"))
     direction: Tensor = slot(torch.float32, "timestep direction of this generation: 0 unknown, +1 or -1")
+    hint: Tensor = slot(torch.int64, "CFG branch the pipeline named for the call (diffusers' `cache_context`): "
+                        "-1 none, 0 cond, 1 uncond", init=-1)
+    ambiguous: Tensor = slot(torch.bool, "a branch-0 call repeated the generation's only timestep so far: its "
+                             "timesteps cannot show where one generation ends and the next begins")
 
 
 @dataclass

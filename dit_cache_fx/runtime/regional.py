@@ -20,14 +20,18 @@ cond operands nor arguments AOTAutograd and inductor trace through, and a model'
 cost the outer graph's compilation nothing.
 
 `BLOCKS` is the process-wide table of block code, like inductor's own code cache: entries are immutable once
-registered and shared by every compiled model with the same blocks.
+registered and shared by every compiled model with the same blocks. It is owned: each compiled module's
+handle owns the codes its graphs call (`own`); `release(handle)` frees the compiled code only it calls, and
+a code leaves the table when its last owner dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -47,6 +51,7 @@ class BlockCode:
     options: tuple = ()  # the inductor config it compiles with (`mode=`, `options=` of `compile`), sorted items
     compiled: dict = field(default_factory=dict)  # inputs' (shape, strides) -> inductor's callable
     lock: threading.Lock = field(default_factory=threading.Lock)
+    signature: str = ""  # its key in the table (set by `register`)
 
     def __call__(self, inputs: list[Tensor]) -> list[Tensor]:
         layout = tuple((x.shape, x.stride()) for x in inputs)  # compiled code assumes its inputs' strides
@@ -61,16 +66,61 @@ class BlockCode:
 
 BLOCKS: dict[int, BlockCode] = {}
 _KEYS: dict[str, int] = {}
+_OWNERS: dict[int, set[int]] = {}  # key -> ids of the handles whose graphs call it
+_OWNED: dict[int, set[int]] = {}  # handle id -> its keys
+_LOCK = threading.RLock()  # re-entrant: a finalizer may run while this thread holds it
+_NEXT = itertools.count()
 _FRAMES = threading.local()
 
 
 def register(signature: str, code: BlockCode) -> int:
     """The key of the block code with this signature (registered on first sight)."""
-    key = _KEYS.get(signature)
-    if key is None:
-        key = _KEYS[signature] = len(_KEYS)
-        BLOCKS[key] = code
-    return key
+    with _LOCK:
+        key = _KEYS.get(signature)
+        if key is None:
+            key = _KEYS[signature] = next(_NEXT)
+            BLOCKS[key] = code
+            code.signature = signature
+        return key
+
+
+def own(owner: object, keys: Iterable[int]) -> None:
+    """`owner` (a compiled module's handle) calls these block codes: they live while some owner does."""
+    with _LOCK:
+        mine = _OWNED.get(id(owner))
+        if mine is None:
+            mine = _OWNED[id(owner)] = set()
+            weakref.finalize(owner, _disown, id(owner))
+        for key in keys:
+            mine.add(key)
+            _OWNERS.setdefault(key, set()).add(id(owner))
+
+
+def release(owner: object) -> None:
+    """Free the compiled code of the blocks only `owner` calls (recompiled on their next call)."""
+    with _LOCK:
+        for key in _OWNED.get(id(owner), ()):
+            if _OWNERS.get(key) == {id(owner)} and key in BLOCKS:
+                BLOCKS[key].compiled.clear()
+
+
+def _disown(owner_id: int) -> None:
+    """The owner died: drop the block codes no other owner calls."""
+    with _LOCK:
+        for key in _OWNED.pop(owner_id, ()):
+            owners = _OWNERS.get(key, set())
+            owners.discard(owner_id)
+            if not owners:
+                _OWNERS.pop(key, None)
+                code = BLOCKS.pop(key, None)
+                if code is not None:
+                    _KEYS.pop(code.signature, None)
+
+
+def codes() -> list[tuple[int, BlockCode]]:
+    """A snapshot of the table (owners may die while a caller iterates)."""
+    with _LOCK:
+        return list(BLOCKS.items())
 
 
 @contextlib.contextmanager

@@ -8,9 +8,13 @@ a model that graph-breaks), so they never disagree about the step or the branch.
 Rules, at any timestep convention (decreasing or increasing, sigmas or integer timesteps):
 - separate CFG: the second call of a generation repeats the first one's timestep (detected), or forced by
   `cfg_mode`; then calls alternate cond (branch 0) / uncond (branch 1) and share the step index;
-- a new generation starts on the first call, after `reset`, or when a branch-0 call's timestep moves
-  against the generation's direction (learned from its first move). Repeats of a timestep (Heun-type
-  schedulers call the model twice per timestep) are new steps, never new generations.
+- a call the pipeline named with diffusers' `cache_context("cond" | "uncond")` takes its branch from the
+  name (`hint`), not from a guess;
+- a new generation starts on the first call, after `reset` (the pipeline form of `compile` resets at every
+  pipeline call), or when a branch-0 call's timestep moves against the generation's direction (learned
+  from its first move). Repeats of a timestep (Heun-type schedulers call the model twice per timestep) are
+  new steps, never new generations; a branch-0 repeat before the timestep ever moved (1-step generations
+  served back to back) cannot be told from the next generation: `ambiguous` is set, the host warns.
 
 `classify_call` is plain tensor code. The first graph of a call runs it in the graph (`classify_pending`,
 fused with the graph's other bookkeeping; the host only sets `pending`); a graph that does not take the
@@ -21,7 +25,6 @@ tests run it eagerly against the reference.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -41,16 +44,19 @@ def timestep_value(t: Tensor) -> Tensor:
 
 def classify_call(ctx: StepContext, t: Tensor) -> None:
     """Advance the step context for a call at timestep `t` (0-dim fp32), in place."""
-    mode = ctx.cfg_mode
+    mode, hinted = ctx.cfg_mode, ctx.hint >= 0
     has_last = ctx.call > 0
     repeat = has_last & (t == ctx.last_t)
     cfg_on = (mode == 1) | ((mode < 0) & ctx.cfg_seen)
     expect_uncond = cfg_on & has_last & (ctx.branch == 0)
-    detect = (mode < 0) & ~ctx.cfg_seen & repeat & (ctx.calls == 1)
-    uncond = torch.where(mode == 1, expect_uncond, (expect_uncond & repeat) | detect)
+    detect = (mode < 0) & ~ctx.cfg_seen & repeat & (ctx.calls == 1) & ~hinted
+    guessed = torch.where(mode == 1, expect_uncond, (expect_uncond & repeat) | detect)
+    uncond = torch.where(hinted, ctx.hint == 1, guessed)
+    detect = detect | (hinted & uncond)
     moved = torch.sign(t - ctx.last_cond_t)  # nan before the first branch-0 call
     against = (ctx.direction != 0) & (moved == -ctx.direction)
     new_gen = ctx.reset | ~has_last | (~uncond & against)
+    ambiguous = ~new_gen & ~uncond & (moved == 0) & (ctx.direction == 0)
 
     learn = ~uncond & (ctx.direction == 0) & (moved != 0) & ~torch.isnan(moved)
     direction = torch.where(new_gen, 0.0, torch.where(learn, moved, ctx.direction))
@@ -64,6 +70,7 @@ def classify_call(ctx: StepContext, t: Tensor) -> None:
     ctx.last_cond_t.copy_(torch.where(uncond, ctx.last_cond_t, t))
     ctx.last_t.copy_(t)
     ctx.reset.fill_(False)
+    ctx.ambiguous.copy_(ctx.ambiguous | ambiguous)
 
 
 @in_graph
@@ -83,21 +90,19 @@ def _classify_flat(t: Tensor, *ctx_tensors: Tensor) -> None:
     classify_call(StepContext(*ctx_tensors), t)
 
 
-_COMPILED: dict[torch.device, Callable] = {}
-
-
-def classify(ctx: StepContext, t: Tensor, compiled: bool = True) -> None:
-    """`classify_call(ctx, timestep_value(t))` on the host: compiled into one inductor kernel per device (once
-    per process; eager if compilation fails), or eagerly (`compiled=False`)."""
+def classify(ctx: StepContext, t: Tensor, compiled: dict | None = None) -> None:
+    """`classify_call(ctx, timestep_value(t))` on the host: compiled into one inductor kernel per device and
+    kept in `compiled` (the caller owns the cache: `StateStore.classifiers`, freed by `release()`; eager if
+    compilation fails), or eagerly (`compiled=None`)."""
     t = timestep_value(t).to(ctx.call.device)
-    if not compiled:
+    if compiled is None:
         return classify_call(ctx, t)
-    fn = _COMPILED.get(t.device)
+    fn = compiled.get(t.device)
     if fn is None:
         try:
             fn = _compat.compile_function(_classify_flat, [t, *ctx.tensors()])
         except Exception as e:  # noqa: BLE001 - an optimisation only: the eager ops are the same math
             log.warning("dit_cache_fx: the step classifier runs eagerly (%s: %s)", type(e).__name__, e)
             fn = _classify_flat
-        _COMPILED[t.device] = fn
+        compiled[t.device] = fn
     fn(t, *ctx.tensors())
