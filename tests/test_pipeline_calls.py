@@ -1,0 +1,106 @@
+"""Pipelines as users run them (beside test_pipelines.py): the pipeline form of `compile` marks every
+pipeline call as a generation (1-step generations back to back stay apart), a batch that changes inside a
+generation (Z-Image's `cfg_truncation`) computes once and goes on, and one compiled model called from
+several threads runs each thread's generations as if alone."""
+
+import threading
+
+import pytest
+import torch
+from tiny_pipelines import HAVE_TRANSFORMERS, PIPELINES
+
+import dit_cache_fx
+
+from helpers import handle, rel_err
+from tiny_models import MODELS, run_loop
+
+pytestmark = pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="diffusers' pipeline classes need transformers")
+
+
+def _one_step_outputs(pipe, p, n=6):
+    outs = []
+    for i in range(n):
+        kw = p.call_kwargs(1)
+        kw["generator"] = torch.Generator().manual_seed(i)
+        outs.append(pipe(**kw)[0])
+    return outs
+
+
+def test_one_step_generations_through_the_pipeline_form_stay_apart():
+    torch._dynamo.reset()
+    p = PIPELINES["flux"]
+    pipe = p.build()
+    ref = _one_step_outputs(pipe, p)
+    dit_cache_fx.compile(pipe, cache="F1B0_W0_R1.0")  # would cache every call after the first if merged
+    assert type(pipe).__name__ == "FluxPipeline" and dit_cache_fx.api.is_pipeline(pipe)
+    outs = _one_step_outputs(pipe, p)
+    for a, b in zip(outs, ref):
+        assert rel_err(a, b) <= 1e-4
+    s = dit_cache_fx.summary(pipe)
+    assert s.num_steps == 1 and not s.cached_steps and not s.separate_cfg
+
+
+def test_one_step_generations_of_the_transformer_alone_warn_once():
+    torch._dynamo.reset()
+    p = PIPELINES["flux"]
+    pipe = p.build()
+    pipe.transformer = dit_cache_fx.compile(pipe.transformer, cache="F1B0_W0_R0.05")
+    with pytest.warns(UserWarning, match="cannot show where one generation ends") as record:
+        _one_step_outputs(pipe, p, n=4)
+    assert sum("cannot show where" in str(w.message) for w in record) == 1
+
+
+def test_cache_context_names_the_branch():
+    """SD3 with separate CFG names its calls: the branches come from the names, equal to the guess."""
+    torch._dynamo.reset()
+    p = PIPELINES["flux_true_cfg"]
+    pipe = p.build()
+    ref = pipe(**p.call_kwargs(4))[0]
+    dit_cache_fx.compile(pipe, cache="F1B0_W1_R0")
+    out = pipe(**p.call_kwargs(4))[0]
+    assert rel_err(out, ref) <= 1e-4
+    s = dit_cache_fx.summary(pipe)
+    assert s.num_steps == 4 and s.separate_cfg
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_zimage_cfg_truncation_goes_on(dynamic):
+    torch._dynamo.reset()
+    p = PIPELINES["zimage"]
+    pipe = p.build()
+    kw = dict(p.call_kwargs(6), cfg_truncation=0.5)
+    ref = pipe(**kw)[0]
+    dit_cache_fx.compile(pipe, cache="F1B0_W1_R0", dynamic=dynamic)
+    out = pipe(**dict(p.call_kwargs(6), cfg_truncation=0.5))[0]
+    assert rel_err(out, ref) <= 1e-4
+    assert dit_cache_fx.summary(pipe).num_steps == 6
+
+
+def test_threads_keep_their_own_generations():
+    torch._dynamo.reset()
+    m = MODELS["flux"]
+    model = m.build()
+    refs = {seed: run_loop(model, m, steps=6, seed=seed) for seed in (0, 1, 2, 3)}
+    compiled = dit_cache_fx.compile(model, cache="F1B0_W1_R0.3")
+    single = {seed: run_loop(compiled, m, steps=6, seed=seed) for seed in (0, 1, 2, 3)}
+    outs, errors = {}, []
+    barrier = threading.Barrier(4)
+
+    def worker(seed):
+        try:
+            barrier.wait(timeout=60)
+            outs[seed] = run_loop(compiled, m, steps=6, seed=seed, on_step=lambda i: None)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in refs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and all(not t.is_alive() for t in threads)
+    for seed in refs:
+        assert max(rel_err(a, b) for a, b in zip(outs[seed], single[seed])) <= 1e-5
+    # the dead threads' states go at the next new thread; release frees everything
+    dit_cache_fx.release(compiled)
+    assert handle(compiled).store.threads == {}
