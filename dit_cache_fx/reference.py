@@ -1,4 +1,4 @@
-"""The eager reference: DBCache (+ TaylorSeer) written plainly, the oracle every test compares with.
+"""The eager reference: DBCache (+ TaylorSeer or FoCa) written plainly, the oracle every test compares with.
 
 It knows nothing of graphs. Like cache-dit, it is told which block lists form each region and their
 forward pattern, wraps each block's forward, and decides in Python after each region's Fn blocks:
@@ -9,7 +9,8 @@ forward pattern, wraps each block's forward, and decides in Python after each re
                                  ─ Bn blocks ─ output ◄───────────────────────────────────────────┘
 
 Its functions are the twins of the in-graph ones: `classify_call` (runtime.step), `should_cache` and
-`update_counters` (runtime.policy), `taylor_update` / `taylor_forecast` (kernels). Several regions share
+`update_counters` (runtime.policy), `taylor_update` / `taylor_forecast` and `foca_update` /
+`foca_forecast` (kernels). Several regions share
 one step context; a later region's Fn input is the earlier region's (possibly approximated) output.
 Semantics are cache-dit's with the fixes listed in the README.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .config import CFG_BRANCH_OF_NAME, CacheConfig
+from .config import CFG_BRANCH_OF_NAME, FOCA, CacheConfig
 
 
 @dataclass
@@ -135,6 +136,27 @@ def taylor_forecast(base: torch.Tensor, factors: torch.Tensor, k: float) -> torc
     return out
 
 
+def foca_update(stack: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """FoCa after a computed step (cache-dit's `FoCaState.update`): stack = [F_k, F_km1, F_full, F_full_prev];
+    the rolling pair and the computed pair both move on to `value`."""
+    return torch.stack([value, stack[0], value, stack[2]])
+
+
+def foca_forecast(base: torch.Tensor, stack: torch.Tensor, k: float, n_valid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FoCa on a cached step `k` steps after the last computed one (cache-dit's `FoCaState.approximate`):
+    (base + P, the new stack). With fewer than two computed steps P = F_full and nothing moves."""
+    f_k, f_km1, f_full, f_full_prev = stack
+    if n_valid < 2:
+        return base + f_full, stack
+    deriv = (f_full - f_full_prev) + (f_k - f_km1)
+    if k <= 3:
+        p = f_full + (k / 2.0) * deriv
+    else:  # damped toward the anchor beyond a horizon of 3 steps
+        w = 3.0 / k
+        p = w * (f_full + 1.5 * deriv) + (1.0 - w) * f_full
+    return base + p, torch.stack([p, f_k, f_full, f_full_prev])
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -159,7 +181,7 @@ class Region:
     entry: torch.Tensor | None = None
     mn_in: tuple = (None, None)
     before: Counters | None = None  # the current branch's counters before this call's decision
-    shape: tuple | None = None  # the hidden stream's shape at the region's previous call
+    shapes: tuple = ()  # the last two distinct shapes of the hidden stream at the region's entry
 
     @property
     def first_mn(self) -> int:
@@ -271,16 +293,18 @@ class EagerDBCache:
         def run(*args, **kwargs):
             h, e = self._streams(region, args, kwargs)
             if i == 0:
-                if region.shape is not None and region.shape != tuple(h.shape):  # the batch changed: start over
-                    region.branches = [BranchState(), BranchState()]
-                region.shape = tuple(h.shape)
+                shape = tuple(h.shape)  # a shape not among the last two (CFG branches may differ): start over
+                if region.shapes and shape not in region.shapes:  # the state at a new shape: this branch's
+                    region.branches[self.ctx.branch] = BranchState()
+                if not region.shapes or region.shapes[-1] != shape:
+                    region.shapes = (*region.shapes[-1:], shape)
             st = region.branches[self.ctx.branch]
             if region.first_mn <= i <= region.last_mn and region.cached:
                 if i < region.last_mn:
                     return self._pack(region, h, e)  # skipped: pass the streams through
                 k = float(self.ctx.step - st.counters.last_computed)
-                h2 = taylor_forecast(h, st.factors[0], k)
-                e2 = taylor_forecast(e, st.factors[1], k) if e is not None and st.factors[1] is not None else e
+                h2 = self._forecast(region, st, 0, h, k)
+                e2 = self._forecast(region, st, 1, e, k) if e is not None and st.factors[1] is not None else e
                 return self._pack(region, h2, e2)
             if i == 0:
                 region.entry = h
@@ -308,8 +332,16 @@ class EagerDBCache:
         else:
             st.anchor = fn_res
         region.before = st.counters
-        st.counters = update_counters(st.counters, use_cache, step, region.config.taylorseer_order)
+        st.counters = update_counters(st.counters, use_cache, step, region.config.valid_order)
         return use_cache
+
+    @staticmethod
+    def _forecast(region: Region, st: BranchState, k: int, base: torch.Tensor, gap: float) -> torch.Tensor:
+        """Stream `k`'s output on a cached step: `base` + its cached (or forecast) residual."""
+        if region.config.taylor_order_for("hidden" if k == 0 else "encoder") == FOCA:
+            out, st.factors[k] = foca_forecast(base, st.factors[k], gap, st.counters.n_valid)
+            return out
+        return taylor_forecast(base, st.factors[k], gap)
 
     def _store(self, region: Region, st: BranchState, ho, eo) -> None:
         before = region.before  # counters before this computed step
@@ -321,8 +353,9 @@ class EagerDBCache:
                 st.factors[k] = None
                 continue
             K = region.config.taylor_order_for("hidden" if k == 0 else "encoder")
-            old = st.factors[k] if st.factors[k] is not None else torch.zeros((K + 1, *r.shape), dtype=r.dtype)
-            st.factors[k] = taylor_update(old, r, gap, before.n_valid)
+            depth = 4 if K == FOCA else K + 1
+            old = st.factors[k] if st.factors[k] is not None else torch.zeros((depth, *r.shape), dtype=r.dtype)
+            st.factors[k] = foca_update(old, r) if K == FOCA else taylor_update(old, r, gap, before.n_valid)
 
 
 def decision_string(config: CacheConfig, steps: int, diffs: Sequence[float] | float = 0.0) -> str:
@@ -331,6 +364,6 @@ def decision_string(config: CacheConfig, steps: int, diffs: Sequence[float] | fl
     for s in range(steps):
         d = diffs if isinstance(diffs, float) else diffs[s]
         use_cache, _ = should_cache(config, n, s, lambda d=d: d)
-        n = update_counters(n, use_cache, s, config.taylorseer_order)
+        n = update_counters(n, use_cache, s, config.valid_order)
         out.append("0" if use_cache else "1")
     return "".join(out)

@@ -42,7 +42,7 @@ class ThreadStates:
     serial: int  # never reused: runners key their cached tensors by it
     ctx: StepContext | None = None
     shapes: dict[str, OrderedDict[RegionDims, ShapeState]] = field(default_factory=dict)
-    last_hidden: dict[str, tuple] = field(default_factory=dict)  # per region: hidden shape at its latest call
+    last_hidden: dict[str, tuple] = field(default_factory=dict)  # per region: its last two distinct hidden shapes
     hint: int = -1  # the branch hint last written to `ctx.hint`
     used: int = 0  # when it last ran a call (the store's clock)
 
@@ -157,11 +157,12 @@ class StateStore:
         `cfg_truncation`) keeps its step count and warmup, and never compares against an anchor of
         another batch or of an earlier part of the generation. A host-side compare, no device read."""
         mine = self.mine()
-        last = mine.last_hidden.get(name)
-        if last != dims.hidden:
-            mine.last_hidden[name] = dims.hidden
-            if last is not None:
+        recent = mine.last_hidden.get(name, ())  # the last two distinct shapes: CFG branches may differ in text length
+        if dims.hidden not in recent:
+            if recent:
                 state.gen.fill_(-1)
+        if not recent or recent[-1] != dims.hidden:
+            mine.last_hidden[name] = (*recent[-1:], dims.hidden)
 
     @staticmethod
     def _check_new_shape(name: str, old: RegionDims, new: RegionDims, ctx: StepContext | None) -> None:
