@@ -1,4 +1,4 @@
-"""`CacheConfig`: DBCache (+ TaylorSeer) settings, and the spec-string grammar.
+"""`CacheConfig`: DBCache (+ TaylorSeer or FoCa) settings, and the spec-string grammar.
 
 Every field declares its own token, whether it shapes the compiled graph ("structural") and how its
 value is read and printed; `parse`, `__str__`, `structural_fields()` and the runtime policy are derived
@@ -6,7 +6,7 @@ from that one declaration, and so is the documentation table `grammar_table()`.
 
 Tokens are joined by `_`, any order, each at most once, all optional; letters may be glued (`F8B0`,
 `W8I1M0MC3`). cache-dit's printed names parse too: a leading `DBCache`, `T<0|1>O<order>` (TaylorSeer
-on/off and order), and suffixes `_S<n>` (stats) and `_N<n>` (steps; needed by the SCM presets); there
+on/off and order), `FoCa` (the FoCa calibrator), and suffixes `_S<n>` (stats) and `_N<n>` (steps; needed by the SCM presets); there
 `M0`/`MC0` mean unlimited, as here.
 
 A model with several block runs takes one config for every run, or a mapping from block-list name to a
@@ -88,6 +88,11 @@ CAP = Kind(_NUM, _cap, lambda v: str(max(0, v)))
 FLOAT = Kind(r"-?\d+(?:\.\d*)?(?:e-?\d+)?", lambda t, _: float(t), lambda v: f"{v:g}")
 FLAG = Kind(r"\d+", _flag, lambda v: str(int(v)))
 MASK = Kind(r"\w+", _mask, lambda v: "".join(map(str, v)))
+WORD = Kind("", lambda t, _: True, lambda v: "")  # a bare token, no value: present = on
+
+# a cached stream's calibrator code (`CacheConfig.taylor_order_for`): a TaylorSeer order K >= 0 (0 = plain
+# residual), or FOCA for FoCa's stack
+FOCA = -1
 
 
 def _spec(default, token: str | None, kind: Kind | None = None, *, structural: bool = False,
@@ -116,7 +121,11 @@ class CacheConfig:
             step (-1 = unlimited).
         taylorseer_order: `T`. Forecast the cached residual with a Taylor series of this order (0 = off):
             better approximations on smoothly changing residuals, k+1 residual-sized buffers per stream.
-        taylorseer_encoder: `ET`. Also forecast the encoder stream's residual (else it is reused as is).
+        taylorseer_encoder: `ET`. Also forecast the encoder stream's residual with the calibrator (TaylorSeer
+            or FoCa; else it is reused as is; cache-dit's `enable_encoder_calibrator`).
+        foca: `FoCa`. Forecast the cached residual with cache-dit's FoCa calibrator (BDF2 predictor + Heun
+            corrector anchored at the last computed step, damped beyond 3 steps; no parameters): 4
+            residual-sized buffers per stream. Excludes `T`.
         enable_separate_cfg: `CFG`. None = detect (the same timestep seen twice at the start of a
             generation), True/False = force. One value for the whole model.
         steps_computation_mask: `SCM`. Per-step 1 (always compute) / 0 (cache allowed); steps past its end
@@ -136,6 +145,7 @@ class CacheConfig:
     residual_diff_threshold: float = _spec(0.08, "R", FLOAT)
     taylorseer_order: int = _spec(0, "T", INT, structural=True, shown="changed")
     taylorseer_encoder: bool = _spec(True, "ET", FLAG, structural=True, shown="changed")
+    foca: bool = _spec(False, "FoCa", WORD, structural=True, shown="changed")
     enable_separate_cfg: bool | None = _spec(None, "CFG", FLAG, step_context=True, shown="changed")
     steps_computation_mask: tuple[int, ...] | None = _spec(None, "SCM", MASK, shown="changed")
     steps_computation_policy: str = _spec("dynamic", None)  # bare words `static` / `dynamic`
@@ -151,6 +161,8 @@ class CacheConfig:
             _check(value == -1 or value >= 1, name, value,
                    "-1 (unlimited) or >= 1; to never cache use residual_diff_threshold=0")
         _check(0 <= self.taylorseer_order <= 4, "taylorseer_order", self.taylorseer_order, "in 0..4")
+        _check(not (self.foca and self.taylorseer_order), "foca", self.foca,
+               f"False with taylorseer_order={self.taylorseer_order} (one calibrator: TaylorSeer or FoCa)")
         _check(self.steps_computation_policy in ("dynamic", "static"), "steps_computation_policy",
                self.steps_computation_policy, "'dynamic' or 'static'")
         mask = self.steps_computation_mask
@@ -168,8 +180,16 @@ class CacheConfig:
         return min(self.max_warmup_steps, lead)
 
     def taylor_order_for(self, stream: str) -> int:
-        """TaylorSeer order of a cached stream ("hidden" or "encoder")."""
-        return self.taylorseer_order if stream == "hidden" or self.taylorseer_encoder else 0
+        """Calibrator code of a cached stream ("hidden" or "encoder"): its TaylorSeer order (0 = plain
+        residual), or `FOCA`."""
+        if stream != "hidden" and not self.taylorseer_encoder:
+            return 0
+        return FOCA if self.foca else self.taylorseer_order
+
+    @property
+    def valid_order(self) -> int:
+        """The counters' `n_valid` is capped at this + 1: TaylorSeer's order, 1 for FoCa (two anchors)."""
+        return 1 if self.foca else self.taylorseer_order
 
     @classmethod
     def structural_fields(cls) -> tuple[str, ...]:
@@ -214,7 +234,7 @@ class CacheConfig:
                 continue
             if f.metadata["shown"] == "changed" and value == f.default:
                 continue
-            if tok == "ET" and not self.taylorseer_order:
+            if tok == "ET" and not (self.taylorseer_order or self.foca):
                 continue
             text = f"{tok}{kind.show(value)}"
             if tok in ("B", "I", "M", "MC"):  # glued to the previous token, as cache-dit prints them
@@ -262,6 +282,9 @@ def _tokenize(spec: str) -> dict[str, str]:
         if part in ("static", "dynamic"):
             put("policy", part)
             continue
+        if part.lower() == "foca":  # cache-dit prints `FoCa`
+            put("FoCa", "")
+            continue
         pos = 0
         while pos < len(part):
             m = _TOKEN.match(part, pos)
@@ -273,7 +296,7 @@ def _tokenize(spec: str) -> dict[str, str]:
         if pos != len(part):
             raise ValueError(
                 f"cache spec {spec!r}: cannot parse {part[pos:]!r} in {part!r}; expected tokens like "
-                "F8 B0 W8 I1 M0 MC3 R0.08 T1 CFG1 joined by '_' (see dit_cache_fx.config.GRAMMAR)")
+                "F8 B0 W8 I1 M0 MC3 R0.08 T1 FoCa CFG1 joined by '_' (see dit_cache_fx.config.GRAMMAR)")
     return values
 
 

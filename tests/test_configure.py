@@ -28,7 +28,7 @@ RUNTIME = {
     "steps_computation_policy": (BASE + "_SCM" + "".join(map(str, MASK)), "static", False),
 }
 STRUCTURAL = {"Fn_compute_blocks": 2, "Bn_compute_blocks": 1, "taylorseer_order": 1, "taylorseer_encoder": False,
-              "timestep_arg": "t"}
+              "foca": True, "timestep_arg": "t"}
 
 
 def _loop(model, cfg: bool):

@@ -228,3 +228,39 @@ def taylor_forecast(base: Tensor, factors: Tensor, k: Tensor) -> Tensor:
     if _triton is None or base.device.type != "cuda":
         return _taylor_forecast_torch(base, factors, k)
     return _taylor_forecast_triton(base, factors, k)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FoCa (cache-dit 1.5.3's `FoCaCalibrator`): plain torch ops, no Triton kernel. Under torch.compile inductor
+# fuses each into one elementwise kernel; a hand-written kernel would only save launches where the glue runs
+# eagerly (regional=True), so there is none.
+#
+# A stream's FoCa stack is [4, *stream] = F_k, F_km1 (the two most recent residuals, computed or forecast),
+# F_full, F_full_prev (the two most recent computed ones).
+
+
+def foca_update(stack: Tensor, value: Tensor) -> Tensor:
+    """The FoCa stack after a computed step whose residual is `value`: [Y, F_k, Y, F_full].
+
+    Rows that were never written hold stale values; they are read only once two computed steps have
+    overwritten them (`foca_forecast` looks at `n_valid`)."""
+    y = value.to(stack.dtype)
+    return torch.stack([y, stack[0], y, stack[2]])
+
+
+def foca_forecast(base: Tensor, stack: Tensor, k: Tensor, n_valid: Tensor) -> tuple[Tensor, Tensor]:
+    """(base + P, the stack after this cached step) for the FoCa forecast P, `k` steps after the last
+    computed step, with `n_valid` computed steps so far (capped at 2).
+
+    n_valid >= 2: P = w·(F_full + h/2·((F_full − F_full_prev) + (F_k − F_km1))) + (1 − w)·F_full with
+    h = min(k, 3), w = 3 / max(k, 3) (Heun's trapezoidal rule from the last computed step, damped toward it
+    beyond 3 steps), computed in fp32 and rounded to the stack's dtype; P then replaces the rolling pair
+    (F_km1 ← F_k, F_k ← P). Else P = F_full and the stack is unchanged."""
+    f_k, f_km1, f_full, f_full_prev = (stack[i].float() for i in range(4))
+    k = k.float()
+    h, w = torch.clamp(k, max=3.0), 3.0 / torch.clamp(k, min=3.0)
+    heun = w * (f_full + (h / 2.0) * ((f_full - f_full_prev) + (f_k - f_km1))) + (1.0 - w) * f_full
+    ready = n_valid >= 2
+    p = torch.where(ready, heun, f_full).to(stack.dtype)
+    new = torch.stack([torch.where(ready, p, stack[0]), torch.where(ready, stack[0], stack[1]), stack[2], stack[3]])
+    return (base + p.to(base.dtype)).contiguous(), new

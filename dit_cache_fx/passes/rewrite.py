@@ -19,6 +19,7 @@ After (`r0` is the region's id; `ctx`, `pol`, `st` the state placeholders of `ru
 
     r0_compute: h3, e3 = <blocks 1-2>; returns h3, e3, update_factors(fh, h3 - h1, ...), ...
     r0_cached:  returns apply_factors(h1, fh, gap), apply_factors(e1, fe, gap), fh.clone(), fe.clone()
+                (FoCa: apply_foca(h1, fh, gap, n_valid) gives the output and the advanced stack)
 
 Steps: hoist → extract the branches → insert decide / pick / cond / store → rewire the region's outputs →
 erase the region (reverse order) → lint. New nodes get value meta from `propagate_values` (run by the
@@ -35,6 +36,7 @@ import torch
 from torch.fx import Graph, GraphModule, Node
 
 from .. import _compat
+from ..config import FOCA
 from ..runtime import policy, taylor
 from ..runtime.layout import COUNTERS
 from .graph_utils import value_of
@@ -72,7 +74,7 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
 
         counters = {k: state[k] for k in (*COUNTERS, "anchor", "log", "log_pos")}
         decided = call(policy.decide, dict(ctx), dict(pol), counters, plan.fn_entry, plan.fn_out,
-                       plan.config.taylorseer_order, group)
+                       plan.config.valid_order, group)
         use_cache, branch, gap, n_valid = (call(operator.getitem, decided, i) for i in range(4))
         picked = [call(taylor.pick, f, branch) for f in factors]
         safe = _safe_operands(graph, [*(s.region_in for s in plan.streams), *plan.ext_in], new)
@@ -176,8 +178,15 @@ def _compute_branch(plan: RegionPlan) -> GraphModule:
 def _cached_branch(plan: RegionPlan) -> GraphModule:
     g = Graph()
     ins, stacks, gap, n_valid, env = _branch_inputs(g, plan)
-    outs = [g.call_function(taylor.apply_factors, (ins[k], stacks[k], gap, s.order)) for k, s in enumerate(plan.streams)]
-    keep = [_contiguous(g, s) for s in stacks]
+    outs, keep = [], []
+    for k, s in enumerate(plan.streams):
+        if s.order == FOCA:  # the forecast also advances the stack
+            r = g.call_function(taylor.apply_foca, (ins[k], stacks[k], gap, n_valid))
+            outs.append(g.call_function(operator.getitem, (r, 0)))
+            keep.append(g.call_function(operator.getitem, (r, 1)))
+        else:
+            outs.append(g.call_function(taylor.apply_factors, (ins[k], stacks[k], gap, s.order)))
+            keep.append(_contiguous(g, stacks[k]))
     g.output(tuple(_flat(g, x) for x in outs + keep))
     return GraphModule(torch.nn.Module(), g)
 

@@ -7,7 +7,7 @@ placeholder names and the docs table (`state_table()`) are all derived from thes
     StepContext   one per compiled module: which call, step, branch and generation this is
     RegionPolicy  one per cache region: the config's runtime fields as typed 0-dim tensors (configure())
     RegionState   one per cache region and input shape: per-branch counters, the Fn anchor, the Mn
-                  residual / TaylorSeer factor stacks, and a log ring buffer
+                  residual / TaylorSeer factor / FoCa stacks, and a log ring buffer
 
 Branches are CFG branches: 0 = cond (or no CFG), 1 = uncond.
 """
@@ -22,11 +22,18 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..config import MAX_MASK_STEPS, CacheConfig
+from ..config import FOCA, MAX_MASK_STEPS, CacheConfig
 
 BRANCHES = 2
 LOG_LEN = 4096
 LOG_COLUMNS = ("call", "gen", "step", "branch", "cached", "consulted", "diff")
+# a FoCa stack's rows: the two most recent residuals (computed or forecast) and the two most recent computed ones
+FOCA_ROWS = ("F_k", "F_km1", "F_full", "F_full_prev")
+
+
+def stack_depth(code: int) -> int:
+    """Rows of a stream's `factors` stack for its calibrator code (`CacheConfig.taylor_order_for`)."""
+    return len(FOCA_ROWS) if code == FOCA else code + 1
 
 
 def slot(dtype: torch.dtype | None, doc: str, *, shape: Callable[[Any], tuple] = lambda d: (),
@@ -151,7 +158,7 @@ class RegionDims:
     hidden_dtype: torch.dtype
     streams: tuple[tuple, ...]  # shape of each cached stream, region order
     stream_dtypes: tuple[torch.dtype, ...]
-    orders: tuple[int, ...]  # TaylorSeer order per stream (0 = plain residual)
+    orders: tuple[int, ...]  # calibrator code per stream: TaylorSeer order (0 = plain residual) or config.FOCA
 
 
 @dataclass
@@ -165,11 +172,13 @@ class RegionState(StateGroup):
     n_cont: Tensor = slot(torch.int64, "consecutive cached steps up to the last call", per_branch=True)
     has_anchor: Tensor = slot(torch.bool, "a computed step stored the anchor and residuals", per_branch=True)
     last_computed: Tensor = slot(torch.int64, "step of the last computed step", per_branch=True)
-    n_valid: Tensor = slot(torch.int64, "valid TaylorSeer factors (0..K+1)", per_branch=True)
+    n_valid: Tensor = slot(torch.int64, "valid TaylorSeer factors (0..K+1); FoCa: computed steps (0..2)",
+                           per_branch=True)
     anchor: Tensor = slot(None, "Fn residual (hidden stream) of the last computed step", per_branch=True,
                           shape=lambda d: d.hidden)
-    factors: tuple = slot(None, "Mn residual of stream k and its divided differences: [K+1, *stream]",
-                          per_branch=True, per_stream=True, shape=lambda d, k: (d.orders[k] + 1, *d.streams[k]))
+    factors: tuple = slot(None, "Mn residual of stream k and its divided differences: [K+1, *stream]; FoCa: "
+                          f"[{len(FOCA_ROWS)}, *stream] = {', '.join(FOCA_ROWS)}", per_branch=True, per_stream=True,
+                          shape=lambda d, k: (stack_depth(d.orders[k]), *d.streams[k]))
     log: Tensor = slot(torch.float32, f"ring buffer of calls: {', '.join(LOG_COLUMNS)}",
                        shape=lambda d: (LOG_LEN, len(LOG_COLUMNS)), init=float("nan"))
     log_pos: Tensor = slot(torch.int64, "rows written to the log")
@@ -194,7 +203,7 @@ def state_table() -> str:
         for f in group.slots():
             m = f.metadata
             dtype = str(m["dtype"]).replace("torch.", "") if m["dtype"] else "stream's"
-            shape = {"anchor": "hidden", "factors": "K+1, stream", "log": f"{LOG_LEN}, {len(LOG_COLUMNS)}",
+            shape = {"anchor": "hidden", "factors": "K+1 or 4, stream", "log": f"{LOG_LEN}, {len(LOG_COLUMNS)}",
                      "mask": str(MAX_MASK_STEPS)}.get(f.name, "")
             shape = "[" + ", ".join(x for x in ("2" if m["per_branch"] else "", shape) if x) + "]"
             rows.append(f"| {group.__name__} | `{f.name}` | {dtype} | {shape} | {m['doc']} |")
