@@ -16,7 +16,7 @@ import torch
 from . import _compat
 from .backend import CacheBackend, CacheHandle
 from .config import CFG_BRANCH_OF_NAME, CacheArg, CacheConfig, RunSpecs
-from .errors import CachePlanError, DitCacheError, NoBlockRunError
+from .errors import CachePlanError, DitCacheError, InferenceOnlyError, NoBlockRunError
 from .runtime import regional
 from .runtime.store import StateStore
 
@@ -196,6 +196,12 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module):
                                 **({"specialize_float": True} if handle.dynamic is not False else {}))
 
     def forward(*args, **kwargs):
+        if torch.is_grad_enabled() and _requires_grad((args, kwargs)):
+            raise InferenceOnlyError(
+                f"dit_cache_fx: {type(module).__name__} was called with grad enabled and an input that requires grad; "
+                "the cache is for inference only (its graphs run without autograd: the outputs would carry no "
+                "gradient). Call it under torch.no_grad() or torch.inference_mode() (diffusers pipelines do), or "
+                "detach the inputs; to train, use the uncompiled model")
         call = handle.begin_call(args, kwargs)
         if call.name is not None and call.hint < 0 and handle.specs.enabled:
             return _unknown_call(handle, module, call.name, args, kwargs)
@@ -210,6 +216,17 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module):
         return out
 
     return forward
+
+
+def _requires_grad(x: Any) -> bool:
+    """Whether a tensor in `x` (nested tuples, lists, dicts) requires grad; parameters alone do not count."""
+    if isinstance(x, torch.Tensor):
+        return x.requires_grad
+    if isinstance(x, (tuple, list)):
+        return any(map(_requires_grad, x))
+    if isinstance(x, dict):
+        return any(map(_requires_grad, x.values()))
+    return False
 
 
 def _unknown_call(handle: CacheHandle, module: torch.nn.Module, name: str, args: tuple, kwargs: dict):

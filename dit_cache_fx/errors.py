@@ -15,3 +15,7 @@ class NoBlockRunError(DitCacheError):
 
 class ShapeChangedError(DitCacheError):
     """The latents changed shape in the middle of a generation."""
+
+
+class InferenceOnlyError(DitCacheError):
+    """A call asked for gradients (grad mode on and an input requiring grad): the cache is inference only."""

@@ -18,6 +18,7 @@ Semantics are cache-dit's with the fixes listed in the README.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 from collections.abc import Sequence
@@ -167,6 +168,7 @@ class BranchState:
     factors: list[torch.Tensor | None] = field(default_factory=lambda: [None, None])  # hidden, encoder
     cached_steps: list[int] = field(default_factory=list)
     diffs: dict[int, float] = field(default_factory=dict)
+    nonfinite_steps: list[int] = field(default_factory=list)  # steps that restarted the stacks (non-finite)
 
 
 @dataclass
@@ -181,6 +183,7 @@ class Region:
     entry: torch.Tensor | None = None
     mn_in: tuple = (None, None)
     before: Counters | None = None  # the current branch's counters before this call's decision
+    restart: bool = False  # the current call restarts the branch's stacks (non-finite values)
     shapes: tuple = ()  # the last two distinct shapes of the hidden stream at the region's entry
 
     @property
@@ -257,6 +260,9 @@ class EagerDBCache:
     def residual_diffs(self, branch: int = 0, region: int = 0) -> dict[int, float]:
         return self.regions[region].branches[branch].diffs
 
+    def nonfinite_steps(self, branch: int = 0, region: int = 0) -> list[int]:
+        return self.regions[region].branches[branch].nonfinite_steps
+
     # ---- hooks ----
     def _begin(self, module, args, kwargs):
         bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
@@ -305,6 +311,7 @@ class EagerDBCache:
                 k = float(self.ctx.step - st.counters.last_computed)
                 h2 = self._forecast(region, st, 0, h, k)
                 e2 = self._forecast(region, st, 1, e, k) if e is not None and st.factors[1] is not None else e
+                self._settle(region, st, self.ctx.step)  # a forecast that advances the stack (FoCa) may overflow
                 return self._pack(region, h2, e2)
             if i == 0:
                 region.entry = h
@@ -316,6 +323,7 @@ class EagerDBCache:
                 region.cached = self._decide(region, st, ho - region.entry)
             if i == region.last_mn:
                 self._store(region, st, ho, eo)
+                self._settle(region, st, self.ctx.step)
             return out
 
         return run
@@ -327,6 +335,9 @@ class EagerDBCache:
                                             lambda: diff.append(rel_l1(st.anchor, fn_res)) or diff[0])
         if consulted:
             st.diffs[step] = diff[0]
+        # a non-finite Fn residual, or a non-finite diff consulted (0/0, x/0): compute, restart the stacks
+        region.restart = not bool(torch.isfinite(fn_res).all()) or (consulted and not math.isfinite(diff[0]))
+        use_cache = use_cache and not region.restart
         if use_cache:
             st.cached_steps.append(step)
         else:
@@ -342,6 +353,15 @@ class EagerDBCache:
             out, st.factors[k] = foca_forecast(base, st.factors[k], gap, st.counters.n_valid)
             return out
         return taylor_forecast(base, st.factors[k], gap)
+
+    @staticmethod
+    def _settle(region: Region, st: BranchState, step: int) -> None:
+        """Twin of `runtime.policy.settle`: after the call, a restart or a non-finite stack leaves the branch
+        with no anchor and no valid factors (nothing non-finite is kept); the step is counted non-finite."""
+        if region.restart or any(f is not None and not bool(torch.isfinite(f).all()) for f in st.factors):
+            st.anchor, st.factors = None, [None, None]
+            st.counters = dataclasses.replace(st.counters, has_anchor=False, n_valid=0)
+            st.nonfinite_steps.append(step)
 
     def _store(self, region: Region, st: BranchState, ho, eo) -> None:
         before = region.before  # counters before this computed step

@@ -17,6 +17,8 @@ _COL = {name: i for i, name in enumerate(LOG_COLUMNS)}
 class BranchStats:
     cached_steps: list[int]
     residual_diffs: dict[int, float]
+    # steps whose Fn residual, diff or stored stacks were not finite: they computed and restarted the stacks
+    nonfinite_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -34,6 +36,10 @@ class RegionSummary:
     @property
     def residual_diffs(self) -> dict[int, float]:
         return self.branches[0].residual_diffs if self.branches else {}
+
+    @property
+    def nonfinite_steps(self) -> list[int]:
+        return self.branches[0].nonfinite_steps if self.branches else []
 
 
 @dataclass
@@ -59,6 +65,10 @@ class CacheSummary:
         return self.first.residual_diffs if self.first else {}
 
     @property
+    def nonfinite_steps(self) -> list[int]:
+        return self.first.nonfinite_steps if self.first else []
+
+    @property
     def branches(self) -> dict[int, BranchStats]:
         return self.first.branches if self.first else {}
 
@@ -77,6 +87,9 @@ class CacheSummary:
                 q = [_pct(d, p) for p in (0, 25, 50, 75, 95, 100)]
                 lines.append(f"| {r.name} | {'cond' if b == 0 else 'uncond'} | {len(st.cached_steps)}/{self.num_steps} | "
                              f"{st.cached_steps} | " + " | ".join(q) + " |")
+        lines += [f"{r.name} {'cond' if b == 0 else 'uncond'}: non-finite values at steps {st.nonfinite_steps} "
+                  "(computed; the cache restarted)" for r in self.regions.values() for b, st in r.branches.items()
+                  if st.nonfinite_steps]
         return "\n".join(lines)
 
 
@@ -113,6 +126,8 @@ def summary(module: torch.nn.Module) -> CacheSummary:
                 st.cached_steps.append(step)
             if row[_COL["consulted"]]:
                 st.residual_diffs[step] = row[_COL["diff"]]
+            if row[_COL["nonfinite"]] == 1:
+                st.nonfinite_steps.append(step)
         rs.branches = dict(sorted(rs.branches.items()))
         rs.num_steps = int(max((row[_COL["step"]] for row in r), default=-1)) + 1
         out.regions[name] = rs

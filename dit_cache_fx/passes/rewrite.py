@@ -10,11 +10,12 @@ Before (Fn=1, Bn=0, two streams; names shortened)::
 After (`r0` is the region's id; `ctx`, `pol`, `st` the state placeholders of `runtime.layout`)::
 
     h1, e1 = <block 0 nodes>(h0, e0, temb, rope, params0)
-    use_cache, b, gap, n_valid = policy.decide(ctx={...}, policy={...r0 pol...}, state={...r0 st...}, h0, h1)
+    use_cache, b, gap, n_valid, restart = policy.decide(ctx={...}, policy={...r0 pol...}, state={...r0 st...}, h0, h1)
     fh, fe = taylor.pick(r0_st_factors_0, b), taylor.pick(r0_st_factors_1, b)
     r = cond(use_cache, r0_cached, r0_compute, (h1, e1, fh, fe, gap, n_valid, temb, rope, params1, params2))
     h3, e3 = r[0].view_as(h1), r[1].view_as(e1)          # the branches return flat tensors
-    taylor.store(r0_st_factors_0, b, r[2].view_as(fh)); taylor.store(r0_st_factors_1, b, r[3].view_as(fe))
+    keep = policy.settle(state={...r0 st...}, b, restart, [r[2].view_as(fh), r[3].view_as(fe)])
+    taylor.store(r0_st_factors_0, b, r[2].view_as(fh), keep); taylor.store(r0_st_factors_1, b, r[3]..., keep)
     out = norm_out(h3) ...
 
     r0_compute: h3, e3 = <blocks 1-2>; returns h3, e3, update_factors(fh, h3 - h1, ...), ...
@@ -75,7 +76,7 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
         counters = {k: state[k] for k in (*COUNTERS, "anchor", "log", "log_pos")}
         decided = call(policy.decide, dict(ctx), dict(pol), counters, plan.fn_entry, plan.fn_out,
                        plan.config.valid_order, group)
-        use_cache, branch, gap, n_valid = (call(operator.getitem, decided, i) for i in range(4))
+        use_cache, branch, gap, n_valid, restart = (call(operator.getitem, decided, i) for i in range(5))
         picked = [call(taylor.pick, f, branch) for f in factors]
         safe = _safe_operands(graph, [*(s.region_in for s in plan.streams), *plan.ext_in], new)
         n = len(plan.streams)
@@ -88,8 +89,11 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
         # check); each output takes the shape of what it stands for again
         like = [s.region_in for s in plan.streams] + picked
         outs = [call_method("view_as", call(operator.getitem, cond, i), like[i]) for i in range(2 * n)]
+        # non-finite values never enter the stored stacks: `settle` restarts the region instead
+        keep = call(policy.settle, {k: state[k] for k in ("has_anchor", "n_valid", "log", "log_pos")}, branch,
+                    restart, outs[n:], group)
         for k in range(n):
-            call(taylor.store, factors[k], branch, outs[n + k])
+            call(taylor.store, factors[k], branch, outs[n + k], keep)
 
     region = set(plan.nodes)
     for k, s in enumerate(plan.streams):  # everything after the region now reads the cond's outputs

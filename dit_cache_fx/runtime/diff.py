@@ -27,7 +27,14 @@ def reduce_sums(sums: Tensor, group: str | None) -> Tensor:
 
 
 @in_graph
+def residual_sums(prev: Tensor, cur: Tensor, group: str | None = None) -> Tensor:
+    """[Σ|prev − cur|, Σ|prev|] (fp32) over the whole, possibly sharded, tensor. With `prev` finite (the
+    stored anchor always is), the first sum is finite exactly when `cur` is, on every rank alike."""
+    return reduce_sums(l1_sums(prev, cur), group)
+
+
+@in_graph
 def residual_diff(prev: Tensor, cur: Tensor, group: str | None = None) -> Tensor:
     """mean|prev − cur| / mean|prev| (0-dim fp32) over the whole, possibly sharded, tensor."""
-    sums = reduce_sums(l1_sums(prev, cur), group)
+    sums = residual_sums(prev, cur, group)
     return sums[0] / sums[1]

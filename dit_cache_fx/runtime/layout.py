@@ -26,7 +26,9 @@ from ..config import FOCA, MAX_MASK_STEPS, CacheConfig
 
 BRANCHES = 2
 LOG_LEN = 4096
-LOG_COLUMNS = ("call", "gen", "step", "branch", "cached", "consulted", "diff")
+# nonfinite: the Fn residual, its diff or the stored stacks were not finite; the step computed and the region's
+# stacks restarted (`policy.settle`)
+LOG_COLUMNS = ("call", "gen", "step", "branch", "cached", "consulted", "diff", "nonfinite")
 # a FoCa stack's rows: the two most recent residuals (computed or forecast) and the two most recent computed ones
 FOCA_ROWS = ("F_k", "F_km1", "F_full", "F_full_prev")
 

@@ -3,8 +3,11 @@
     counters = read_counters(state, branch, gen)          # this branch's, zeroed for a new generation
     diff     = diff.residual_diff(anchor, fn_residual)  # relative L1 vs the last computed step
     use_cache, consulted = should_cache(policy, counters, step, diff)
+    restart  = restarts(fn sums, consulted, diff)       # non-finite Fn residual or diff: compute, restart
     counters = update_counters(counters, use_cache, step, order)   → written back with the anchor
     append_log(...)
+    ... cond ...
+    keep = settle(state, branch, restart, new stacks)   # non-finite stacks: restart too; never stored
 
 All of it is tensor math on 0-dim tensors: nothing Dynamo could guard on, no host sync. The diff is
 always computed (one fused reduction; a cond around it would cost a host sync of its own) and only
@@ -18,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .diff import residual_diff
-from .layout import COUNTERS, RegionPolicy, StepContext
+from .diff import reduce_sums, residual_sums
+from .layout import COUNTERS, LOG_COLUMNS, RegionPolicy, StepContext
 from .registry import in_graph
 
 
@@ -60,6 +63,13 @@ def should_cache(policy: RegionPolicy, c: Counters, step: Tensor, diff: Tensor) 
     return use_cache, consulted
 
 
+def restarts(fn_sum: Tensor, consulted: Tensor, diff: Tensor) -> Tensor:
+    """Whether this call restarts the region's stacks: its Fn residual is not finite (`fn_sum` = Σ|anchor −
+    residual|, finite exactly when the residual is), or the diff it consulted is not (0/0 of two all-zero
+    residuals, x/0 of a zero anchor). Such a call computes and stores nothing it saw."""
+    return ~torch.isfinite(fn_sum) | (consulted & ~torch.isfinite(diff))
+
+
 def update_counters(c: Counters, use_cache: Tensor, step: Tensor, order: int) -> Counters:
     """Counters after this call; a computed step re-anchors and adds one valid Taylor factor."""
     cached = use_cache.to(torch.int64)
@@ -83,7 +93,8 @@ def append_log(log: Tensor, log_pos: Tensor, ctx: StepContext, use_cache: Tensor
                diff: Tensor) -> None:
     """One row (`layout.LOG_COLUMNS`) into the ring buffer."""
     row = torch.stack([ctx.call.float(), ctx.gen.float(), ctx.step.float(), ctx.branch.float(), use_cache.float(),
-                       consulted.float(), torch.where(consulted, diff.float(), torch.nan)])
+                       consulted.float(), torch.where(consulted, diff.float(), torch.nan),
+                       torch.zeros_like(diff, dtype=torch.float32)])  # nonfinite: written by `settle`
     log.index_copy_(0, torch.remainder(log_pos, log.shape[0]).view(1), row.view(1, -1))
     log_pos.add_(1)
 
@@ -100,18 +111,44 @@ def decide(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[str, T
         order: the hidden stream's TaylorSeer order. group: process group to sum the diff over, or None.
 
     Returns (use_cache: bool[], branch: int64[], gap: fp32[] steps since the branch's last computed step,
-    n_valid: int64[] valid Taylor factors before this call).
+    n_valid: int64[] valid Taylor factors before this call, restart: bool[] the call restarts the region's
+    stacks, for `settle`).
     """
     ctx_, policy_ = StepContext(**ctx), RegionPolicy(**policy)
     branch, step = ctx_.branch, ctx_.step
     c = read_counters(state, branch, ctx_.gen)
     fn_res = fn_out - fn_entry
     prev = at(state["anchor"], branch)
-    diff = residual_diff(prev, fn_res, group)
+    sums = residual_sums(prev, fn_res, group)
+    diff = sums[0] / sums[1]
     use_cache, consulted = should_cache(policy_, c, step, diff)
+    restart = restarts(sums[0], consulted, diff)
+    use_cache = use_cache & ~restart
     new = update_counters(c, use_cache, step, order)
-    state["anchor"].index_copy_(0, branch.view(1), torch.where(use_cache, prev, fn_res).unsqueeze(0)
-                                .to(state["anchor"].dtype))
+    anchor = torch.where(use_cache, prev, torch.where(restart, torch.zeros_like(fn_res), fn_res))  # always finite
+    state["anchor"].index_copy_(0, branch.view(1), anchor.unsqueeze(0).to(state["anchor"].dtype))
     write_counters(state, branch, ctx_.gen, new)
     append_log(state["log"], state["log_pos"], ctx_, use_cache, consulted, diff)
-    return use_cache, branch, (step - c.last_computed).to(torch.float32), c.n_valid
+    return use_cache, branch, (step - c.last_computed).to(torch.float32), c.n_valid, restart
+
+
+@in_graph
+def settle(state: dict[str, Tensor], branch: Tensor, restart: Tensor, stacks: list[Tensor],
+           group: str | None) -> Tensor:
+    """After the cond: whether the branch's new stacks (`stacks`, one per cached stream) may be stored.
+
+    Not when `decide` restarted the region, nor when a stack is not finite (on any rank: a non-finite Mn
+    residual, or an overflowing divided difference). Then the branch restarts: no anchor, no valid factors
+    (`has_anchor`, `n_valid` in `state`, updated in place; the caller stores zeros), and the call's log row
+    is marked `nonfinite`. Returns keep: bool[]."""
+    bad = torch.stack([~torch.isfinite(s).all() for s in stacks]).any() if stacks else torch.zeros_like(restart)
+    if group is not None:
+        bad = reduce_sums(bad.float().view(1), group)[0] > 0
+    bad = bad | restart
+    keep = ~bad
+    index = branch.view(1)
+    state["has_anchor"].index_copy_(0, index, (at(state["has_anchor"], branch) & keep).view(1))
+    state["n_valid"].index_copy_(0, index, torch.where(keep, at(state["n_valid"], branch), 0).view(1))
+    row = torch.remainder(state["log_pos"] - 1, state["log"].shape[0]).view(1)
+    state["log"].select(1, LOG_COLUMNS.index("nonfinite")).index_copy_(0, row, bad.float().view(1))
+    return keep

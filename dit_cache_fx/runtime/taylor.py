@@ -8,6 +8,7 @@ computed steps (TaylorSeer; K = 0 is plain DBCache, the stack is just the residu
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..config import FOCA
@@ -47,8 +48,11 @@ def pick(stack: Tensor, branch: Tensor) -> Tensor:
 
 
 @in_graph
-def store(stack: Tensor, branch: Tensor, value: Tensor) -> None:
-    """Write the branch's slice of a per-branch state tensor, in place."""
+def store(stack: Tensor, branch: Tensor, value: Tensor, keep: Tensor | None = None) -> None:
+    """Write the branch's slice of a per-branch state tensor, in place (zeros where `keep` is False: a
+    restarted stack, `policy.settle`)."""
+    if keep is not None:
+        value = torch.where(keep, value, torch.zeros_like(value))
     stack.index_copy_(0, branch.view(1), value.unsqueeze(0).to(stack.dtype))
 
 
