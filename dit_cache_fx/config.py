@@ -9,6 +9,10 @@ Tokens are joined by `_`, any order, each at most once, all optional; letters ma
 on/off and order), `FoCa` (the FoCa calibrator), and suffixes `_S<n>` (stats) and `_N<n>` (steps; needed by the SCM presets); there
 `M0`/`MC0` mean unlimited, as here.
 
+`DBPruneConfig` (a spec starting `DBPrune`, cache-dit's printed name `DBPrune_F1B0_W4I1M0MC0_R0.08`) prunes
+single blocks instead: see its docstring; its own tokens are `DT<0|1>` (dynamic threshold), `DR<x>` (its relax
+ratio), `DM<x>` (its cap) and `NP<i,j,…>` (block ids never pruned).
+
 A model with several block runs takes one config for every run, or a mapping from block-list name to a
 config (`{"transformer_blocks": "F1B0_R0.08", "single_transformer_blocks": None}`); see `RunSpecs`.
 """
@@ -20,6 +24,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import DitCacheError
 
 MAX_MASK_STEPS = 1024
 # the CFG branch of a call the pipeline names with diffusers' `transformer.cache_context(name)`
@@ -82,13 +88,19 @@ def _mask(text: str, tokens: dict) -> tuple[int, ...]:
     return tuple(int(c) for c in text)
 
 
+def _ids(text: str, _: dict) -> tuple[int, ...]:
+    ids = tuple(sorted({int(x) for x in text.split(",")}))
+    return ids
+
+
 _NUM = r"-?\d+"
 INT = Kind(_NUM, _int, str)
 CAP = Kind(_NUM, _cap, lambda v: str(max(0, v)))
 FLOAT = Kind(r"-?\d+(?:\.\d*)?(?:e-?\d+)?", lambda t, _: float(t), lambda v: f"{v:g}")
 FLAG = Kind(r"\d+", _flag, lambda v: str(int(v)))
 MASK = Kind(r"\w+", _mask, lambda v: "".join(map(str, v)))
-WORD = Kind("", lambda t, _: True, lambda v: "")  # a bare token, no value: present = on
+WORD = Kind("", lambda t, _: True, lambda v: "")
+IDS = Kind(r"\d+(?:,\d+)*", _ids, lambda v: ",".join(map(str, v)))  # a bare token, no value: present = on
 
 # a cached stream's calibrator code (`CacheConfig.taylor_order_for`): a TaylorSeer order K >= 0 (0 = plain
 # residual), or FOCA for FoCa's stack
@@ -203,15 +215,23 @@ class CacheConfig:
 
     @classmethod
     def parse(cls, spec: str) -> CacheConfig:
-        """Parse a spec string such as `"F8B0_W8I1M0MC3_R0.08_T1"` (see the module docstring)."""
+        """Parse a spec string such as `"F8B0_W8I1M0MC3_R0.08_T1"` (see the module docstring); a spec starting
+        with `DBPrune` gives a `DBPruneConfig`."""
+        if cls is CacheConfig and isinstance(spec, str) and "DBPrune" in _tokenize(spec):
+            return DBPruneConfig.parse(spec)
         return cls(**cls._fields_of(spec))
 
     @classmethod
     def _fields_of(cls, spec: str) -> dict[str, Any]:
         """The fields a spec string sets (others keep their defaults)."""
         if not isinstance(spec, str) or not spec.strip():
-            raise ValueError(f"cache spec must be a non-empty string, got {spec!r}")
+            raise DitCacheError(f"cache spec must be a non-empty string, got {spec!r}")
         tokens = _tokenize(spec)
+        known = {f.metadata["token"] for f in dataclasses.fields(cls)} | {"O", "S", "N", "P", "policy", "DBPrune"}
+        stray = [t for t in tokens if t not in known]
+        if stray:
+            raise DitCacheError(f"cache spec {spec!r}: {', '.join(stray)} belong to DBPrune specs only (start the spec "
+                                "with DBPrune_)")
         out: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             tok, kind = f.metadata["token"], f.metadata["kind"]
@@ -219,7 +239,7 @@ class CacheConfig:
                 try:
                     out[f.name] = kind.read(tokens[tok], tokens)
                 except ValueError as e:
-                    raise ValueError(f"cache spec {spec!r}: {tok} {e} (got {tok}{tokens[tok]})") from None
+                    raise DitCacheError(f"cache spec {spec!r}: {tok} {e} (got {tok}{tokens[tok]})") from None
         if "O" in tokens:  # cache-dit's T<on>O<order>
             out["taylorseer_order"] = int(tokens["O"]) if tokens.get("T", "1") != "0" else 0
         if "policy" in tokens:
@@ -252,14 +272,71 @@ class CacheConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+def _check(ok: bool, name: str, value: Any, expected: str, cls: str = "CacheConfig") -> None:
     if not ok:
-        raise ValueError(f"CacheConfig.{name}={value!r} is invalid: expected {expected}")
+        raise DitCacheError(f"{cls}.{name}={value!r} is invalid: expected {expected}")
 
 
-_TOKENS = sorted({f.metadata["token"] for f in dataclasses.fields(CacheConfig) if f.metadata["token"]} | {"O", "S", "N"},
+@dataclass(frozen=True)
+class DBPruneConfig(CacheConfig):
+    """DBPrune settings (cache-dit's `DBPruneConfig`, "Dynamic Block Prune with Residual Caching").
+
+    Every block of a run after the first `F` and before the last `B`, and not in `non_prune_block_ids`,
+    decides on its own at each step: when the relative L1 change of its input hidden stream since the last
+    step it was computed is below the threshold, it is pruned and its cached residuals (of every stream it
+    carries) are added to its inputs instead. `W`/`I`, `M`/`MC` (counting steps with at least one pruned
+    block), `CFG`, `SCM` work as for DBCache; no calibrator (`T`, `FoCa`).
+
+    Attributes:
+        enable_dynamic_prune_threshold: `DT`. Raise a block's threshold to the mean of the first (up to 5)
+            positive diffs recorded earlier in the step (cond branch) × `dynamic_prune_threshold_relax_ratio`,
+            when that is below `max_dynamic_prune_threshold` (default 2 × `R`).
+        dynamic_prune_threshold_relax_ratio: `DR`. See above (cache-dit's default 1.25).
+        max_dynamic_prune_threshold: `DM`. Cap of the relaxed threshold (None: 2 × `R`).
+        non_prune_block_ids: `NP<i,j,…>`. Block indices (in the run) never pruned, besides Fn and Bn.
+    """
+
+    enable_dynamic_prune_threshold: bool = _spec(False, "DT", FLAG, shown="changed")
+    dynamic_prune_threshold_relax_ratio: float = _spec(1.25, "DR", FLOAT, shown="changed")
+    max_dynamic_prune_threshold: float | None = _spec(None, "DM", FLOAT, shown="changed")
+    non_prune_block_ids: tuple[int, ...] = _spec((), "NP", IDS, structural=True, shown="changed")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = "DBPruneConfig"
+        _check(not self.taylorseer_order and not self.foca, "taylorseer_order", self.taylorseer_order,
+               "0 and foca False: DBPrune has no calibrator here (cache-dit's DBPrune + calibrator is not supported)",
+               name)
+        _check(self.dynamic_prune_threshold_relax_ratio > 0, "dynamic_prune_threshold_relax_ratio",
+               self.dynamic_prune_threshold_relax_ratio, "> 0", name)
+        _check(self.max_dynamic_prune_threshold is None or self.max_dynamic_prune_threshold > 0,
+               "max_dynamic_prune_threshold", self.max_dynamic_prune_threshold, "None (2 x R) or > 0", name)
+        ids = self.non_prune_block_ids
+        _check(isinstance(ids, tuple) and all(isinstance(i, int) and i >= 0 for i in ids), "non_prune_block_ids",
+               ids, "a tuple of block indices >= 0", name)
+        if list(ids) != sorted(set(ids)):
+            object.__setattr__(self, "non_prune_block_ids", tuple(sorted(set(ids))))
+
+    def prunable(self, num_blocks: int) -> list[int]:
+        """Indices of the blocks (of a run of `num_blocks`) that decide for themselves: after Fn, before Bn,
+        not in `non_prune_block_ids` (cache-dit's `get_non_prune_blocks_ids`, complemented)."""
+        Fn, Bn = self.Fn_compute_blocks, self.Bn_compute_blocks
+        return [j for j in range(Fn, num_blocks - Bn) if j not in self.non_prune_block_ids]
+
+    def __str__(self) -> str:
+        return "DBPrune_" + super().__str__()
+
+
+def as_prune(config: CacheConfig | None) -> bool:
+    """Whether `config` asks for DBPrune."""
+    return isinstance(config, DBPruneConfig)
+
+
+_ALL_FIELDS = (*dataclasses.fields(CacheConfig), *dataclasses.fields(DBPruneConfig))
+_TOKENS = sorted({f.metadata["token"] for f in _ALL_FIELDS if f.metadata["token"]} | {"O", "S", "N", "P"},
                  key=len, reverse=True)
-_KINDS = {f.metadata["token"]: f.metadata["kind"] for f in dataclasses.fields(CacheConfig) if f.metadata["token"]}
+_KINDS = {f.metadata["token"]: f.metadata["kind"] for f in _ALL_FIELDS if f.metadata["token"]}
+_KINDS["P"] = FLOAT  # cache-dit's summary suffix: pruned ratio in %
 _TOKEN = re.compile("|".join(f"(?P<{t}>{t})(?P<{t}_v>{_KINDS[t].pattern if t in _KINDS else _NUM})"
                              for t in _TOKENS))
 _IGNORED_PREFIXES = ("DBCache", "DBCACHE", "DB")
@@ -271,10 +348,13 @@ def _tokenize(spec: str) -> dict[str, str]:
 
     def put(key: str, val: str) -> None:
         if key in values:
-            raise ValueError(f"cache spec {spec!r}: token {key!r} given twice")
+            raise DitCacheError(f"cache spec {spec!r}: token {key!r} given twice")
         values[key] = val
 
     for part in spec.strip().split("_"):
+        if part.lower() == "dbprune":  # cache-dit's DBPruneConfig.strify() prefix
+            put("DBPrune", "")
+            continue
         for prefix in _IGNORED_PREFIXES:
             if part.startswith(prefix) and (len(part) == len(prefix) or not part[len(prefix)].isdigit()):
                 part = part[len(prefix):]
@@ -294,7 +374,7 @@ def _tokenize(spec: str) -> dict[str, str]:
             put(key, m.group(f"{key}_v"))
             pos = m.end()
         if pos != len(part):
-            raise ValueError(
+            raise DitCacheError(
                 f"cache spec {spec!r}: cannot parse {part[pos:]!r} in {part!r}; expected tokens like "
                 "F8 B0 W8 I1 M0 MC3 R0.08 T1 FoCa CFG1 joined by '_' (see dit_cache_fx.config.GRAMMAR)")
     return values

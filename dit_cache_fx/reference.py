@@ -387,3 +387,202 @@ def decision_string(config: CacheConfig, steps: int, diffs: Sequence[float] | fl
         n = update_counters(n, use_cache, s, config.valid_order)
         out.append("0" if use_cache else "1")
     return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DBPrune: one decision per block (cache-dit's `PrunedBlocks_Pattern_Base.compute_or_prune`)
+
+PRUNE_DYN_DIFFS = 5  # cache-dit's dynamic threshold reads the first 5 diffs recorded in the step
+
+
+@dataclass
+class PruneCounters:
+    """One branch's DBPrune counters (twin of `runtime.prune`'s): steps with a pruned block, and the run of
+    consecutive such steps before the current one."""
+
+    n_cached: int = 0
+    n_cont: int = 0
+    last_cached: int = -1  # the last step with a pruned block
+    call_pruned: int = 0  # blocks pruned so far in the current call
+
+
+@dataclass
+class DynStats:
+    """The diffs the cond branch recorded so far in one step: how many, and the sum and count of the positive
+    ones among the first `PRUNE_DYN_DIFFS` (cache-dit's `residual_diffs[step][:5]`, `d > 0`)."""
+
+    gen: int = -1
+    step: int = -1
+    n: int = 0
+    total: float = 0.0
+    count: int = 0
+
+
+def prune_threshold(c, dyn: DynStats, gen: int, step: int) -> float:
+    """The threshold of a block (cache-dit's `PrunedContext.get_residual_diff_threshold`): R, or with the
+    dynamic threshold the mean of this step's earlier positive diffs × relax ratio when that is below the cap
+    (`max_dynamic_prune_threshold`, default 2R), never below R."""
+    thr = c.residual_diff_threshold
+    if c.enable_dynamic_prune_threshold and dyn.gen == gen and dyn.step == step and dyn.count > 0:
+        relaxed = dyn.total / dyn.count * c.dynamic_prune_threshold_relax_ratio
+        cap = 2 * thr if c.max_dynamic_prune_threshold is None else c.max_dynamic_prune_threshold
+        if relaxed < cap:
+            thr = max(relaxed, thr)
+    return thr
+
+
+def should_prune(c, n: PruneCounters, step: int, has_buffer: bool, thr: float, diff) -> tuple[bool, bool]:
+    """(prune, consulted) for one block, in cache-dit's `can_cache` order: warmup → mask → M → MC →
+    threshold → buffer present; `diff()` is called only when consulted (with `thr >= 1` it is not: cache-dit
+    records -1 then and prunes)."""
+    in_warmup = step < c.effective_warmup and step % c.warmup_interval == 0
+    mask = c.steps_computation_mask or ()
+    must_compute = step < len(mask) and mask[step] == 1
+    static_cache = (not in_warmup and step < len(mask) and not must_compute
+                    and c.steps_computation_policy == "static" and has_buffer)
+    before = n.n_cont - (n.call_pruned > 0)  # the streak of earlier steps: this step's own hit does not count
+    consulted = (not in_warmup and not must_compute and not static_cache and has_buffer
+                 and not (c.max_cached_steps >= 0 and n.n_cached >= c.max_cached_steps)
+                 and not (c.max_continuous_cached_steps >= 0 and before >= c.max_continuous_cached_steps)
+                 and thr > 0)
+    prune = static_cache or (consulted and (thr >= 1 or diff() < thr))
+    return prune, consulted
+
+
+@dataclass
+class PruneBranch:
+    counters: PruneCounters = field(default_factory=PruneCounters)
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # block → its input at its last computed step
+    residuals: dict[int, tuple] = field(default_factory=dict)  # block → (hidden residual, encoder residual)
+    cached_steps: list[int] = field(default_factory=list)  # steps with a pruned block
+    pruned_blocks: list[int] = field(default_factory=list)  # per call: blocks pruned
+    pruned: dict[int, list[int]] = field(default_factory=dict)  # step → the blocks pruned
+    diffs: dict[int, list[float]] = field(default_factory=dict)  # step → the diffs recorded, in block order
+
+
+@dataclass
+class PruneRegion:
+    config: CacheConfig
+    blocks: list[torch.nn.Module]
+    pattern: int
+    branches: list[PruneBranch] = field(default_factory=lambda: [PruneBranch(), PruneBranch()])
+    dyn: DynStats = field(default_factory=DynStats)
+    shapes: tuple = ()
+
+    @property
+    def prunable(self) -> set[int]:
+        return set(self.config.prunable(len(self.blocks)))
+
+
+class EagerDBPrune(EagerDBCache):
+    """The DBPrune reference, applied to `model` in place (until `remove()`): like cache-dit, each prunable
+    block compares its input hidden stream with its input at the last step it was computed, and when pruned
+    adds its cached residuals (hidden, and the encoder stream where the block carries one) to its inputs.
+
+    Args as `EagerDBCache`; the configs are `DBPruneConfig`s.
+    """
+
+    def __init__(self, model: torch.nn.Module, regions: Sequence[tuple[Sequence[str], CacheConfig, int]],
+                 timestep_arg: str = "timestep", cfg_mode: bool | None = None) -> None:
+        super().__init__(model, [], timestep_arg, cfg_mode)
+        for names, config, pattern in regions:
+            blocks = [b for name in names for b in model.get_submodule(name)]
+            if not config.prunable(len(blocks)):
+                raise ValueError(f"no prunable block in the {len(blocks)} blocks of {names}")
+            region = PruneRegion(config, blocks, pattern)
+            self.regions.append(region)
+            for i, block in enumerate(blocks):
+                self._originals.append((block, "forward", block.__dict__.get("forward")))
+                block.forward = self._wrap_prune(region, i, block.forward)
+
+    @classmethod
+    def single(cls, model: torch.nn.Module, config: CacheConfig, blocks: Sequence[str], pattern: int,
+               timestep_arg: str = "timestep") -> EagerDBPrune:
+        return cls(model, [(blocks, config, pattern)], timestep_arg, config.enable_separate_cfg)
+
+    def _begin(self, module, args, kwargs):
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+        t = bound.get(self.timestep_arg, kwargs.get(self.timestep_arg))
+        t = float(t.detach().reshape(-1).float().amax()) if isinstance(t, torch.Tensor) else float(t)
+        t = float(torch.tensor(t, dtype=torch.float32))
+        if classify_call(self.ctx, t, self.cfg_mode, CFG_BRANCH_OF_NAME.get(self.call_name, -1)):
+            for r in self.regions:
+                r.branches, r.dyn = [PruneBranch(), PruneBranch()], DynStats()
+
+    # ---- stats (of the first region unless given) ----
+    def pruned_blocks(self, branch: int = 0, region: int = 0) -> list[int]:
+        return self.regions[region].branches[branch].pruned_blocks
+
+    def pruned(self, branch: int = 0, region: int = 0) -> dict[int, list[int]]:
+        return self.regions[region].branches[branch].pruned
+
+    def block_diffs(self, branch: int = 0, region: int = 0) -> dict[int, list[float]]:
+        return self.regions[region].branches[branch].diffs
+
+    def pruned_ratio(self, branch: int = 0, region: int = 0) -> float | None:
+        r = self.regions[region]
+        calls = r.branches[branch].pruned_blocks
+        return sum(calls) / (len(calls) * len(r.blocks)) if calls else None
+
+    def _wrap_prune(self, region: PruneRegion, i: int, forward):
+        def run(*args, **kwargs):
+            h, e = self._streams(region, args, kwargs)
+            ctx = self.ctx
+            if i == 0:
+                shape = tuple(h.shape)  # as EagerDBCache: a shape not among the last two starts the branch over
+                if region.shapes and shape not in region.shapes:
+                    region.branches[ctx.branch] = PruneBranch()
+                if not region.shapes or region.shapes[-1] != shape:
+                    region.shapes = (*region.shapes[-1:], shape)
+                self._begin_call(region)
+            st = region.branches[ctx.branch]
+            if i in region.prunable:
+                if self._decide_block(region, st, i, h):
+                    res_h, res_e = st.residuals[i]
+                    e2 = e + res_e if e is not None and res_e is not None else e
+                    out = self._pack(region, h + res_h, e2)
+                else:
+                    out = forward(*args, **kwargs)
+                    ho, eo = self._unpack(region, out)
+                    st.inputs[i] = h
+                    st.residuals[i] = (ho - h, eo - e if eo is not None and e is not None else None)
+            else:
+                out = forward(*args, **kwargs)
+            if i == len(region.blocks) - 1:
+                st.pruned_blocks.append(st.counters.call_pruned)
+            return out
+
+        return run
+
+    def _begin_call(self, region: PruneRegion) -> None:
+        """cache-dit's `mark_step_begin`: a step right after a step with no pruned block breaks the streak."""
+        ctx, st = self.ctx, region.branches[self.ctx.branch]
+        c = st.counters
+        st.counters = dataclasses.replace(c, n_cont=c.n_cont if c.last_cached == ctx.step - 1 else 0,
+                                          call_pruned=0)
+        if ctx.branch == 0 and (region.dyn.gen, region.dyn.step) != (ctx.gen, ctx.step):
+            region.dyn = DynStats(ctx.gen, ctx.step)
+
+    def _decide_block(self, region: PruneRegion, st: PruneBranch, i: int, h: torch.Tensor) -> bool:
+        ctx, c = self.ctx, st.counters
+        thr = prune_threshold(region.config, region.dyn, ctx.gen, ctx.step)
+        prev = st.inputs.get(i)
+        diff: list[float] = []
+        prune, consulted = should_prune(region.config, c, ctx.step, prev is not None, thr,
+                                        lambda: diff.append(rel_l1(prev, h)) or diff[0])
+        if consulted:
+            value = -1.0 if thr >= 1 else diff[0]  # what cache-dit records
+            st.diffs.setdefault(ctx.step, []).append(value)
+            dyn = region.dyn
+            if ctx.branch == 0:
+                if dyn.n < PRUNE_DYN_DIFFS and value > 0:
+                    dyn.total, dyn.count = dyn.total + value, dyn.count + 1
+                dyn.n += 1
+        if prune:
+            first = c.call_pruned == 0
+            st.counters = dataclasses.replace(c, n_cached=c.n_cached + first, n_cont=c.n_cont + first,
+                                              last_cached=ctx.step, call_pruned=c.call_pruned + 1)
+            if first:
+                st.cached_steps.append(ctx.step)
+            st.pruned.setdefault(ctx.step, []).append(i)
+        return prune

@@ -1,0 +1,110 @@
+"""DBPrune: spec parsing, golden decisions from cache-dit 1.5.3's own DBPrune on tiny random models (printed by
+`tests/dbprune_golden.py` in a venv with cache-dit; the tests do not need it), the eager oracle against them,
+and the compiled per-block conds against the oracle (0 graph breaks, one graph across steps and generations).
+"""
+
+import pytest
+
+from dit_cache_fx import reference
+from dit_cache_fx.config import CacheConfig, DBPruneConfig, RunSpecs, as_config
+from dit_cache_fx.errors import DitCacheError
+
+from tiny_models import MODELS, run_loop
+
+# name: (model, steps, separate CFG, spec, blocks pruned per call (a CFG run: cond, uncond, cond, ...),
+#        cached steps, CFG cached steps, pruned_blocks, cfg_pruned_blocks, pruned_ratio, output sums)
+GOLDEN = {
+    "flux_r": ("flux", 8, False, "DBPrune_F1B0_W2_R0.1185",
+               [[], [], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], []],
+               [2, 3, 5, 6], [], [0, 0, 5, 5, 0, 5, 5, 0], [], 0.4166666666666667,
+               [-74.6415, -84.2326, -89.3616, -88.8438, -88.7108, -76.7558, -88.9169, -93.6036]),
+    "flux_dyn": ("flux", 8, False, "DBPrune_F1B0_W2_R0.1_DT1",  # the dynamic threshold: 1.25 x the step's diffs
+                 [[], [], [1, 2, 3, 4, 5], [2, 3, 4, 5], [1, 5], [2, 3, 4], [1, 4, 5], [2, 3, 5]],
+                 [2, 3, 4, 5, 6, 7], [], [0, 0, 5, 4, 2, 3, 3, 3], [], 0.4166666666666667,
+                 [-74.6415, -84.2326, -89.3616, -88.8048, -89.1899, -76.4551, -88.5304, -94.6156]),
+    "flux_np_mc": ("flux", 10, False, "DBPrune_F1B1_W2MC1_R0.16_NP3",  # blocks 0, 3, 5 never pruned
+                   [[], [], [1, 2, 4], [], [1, 2, 4], [], [1, 2, 4], [], [1, 2, 4], []],
+                   [2, 4, 6, 8], [], [0, 0, 3, 0, 3, 0, 3, 0, 3, 0], [], 0.2,
+                   [-74.6415, -78.2842, -73.7496, -84.874, -82.5528, -91.8855, -82.5386, -98.0176, -83.4884,
+                    -94.5501]),
+    "flux_m": ("flux", 10, False, "DBPrune_F2B0_W1M3_R0.2",  # the 3rd pruned step prunes one block only
+               [[], [2, 3, 4, 5], [2, 3, 4, 5], [2], [], [], [], [], [], []],
+               [1, 2, 3], [], [0, 4, 4, 1, 0, 0, 0, 0, 0, 0], [], 0.15,
+               [-74.6415, -80.7888, -79.0284, -85.8905, -84.0069, -92.1635, -81.9106, -98.4993, -83.3446,
+                -95.2929]),
+    "wan_cfg": ("wan", 8, True, "DBPrune_F1B0_W2_R0.12_CFG1_DT1_DM0.2",  # uncond's threshold from cond's diffs
+                [[], [], [], [], [1, 2, 3], [1, 2, 3], [2, 3], [1, 2, 3], [1], [], [2, 3], [1, 2, 3], [1],
+                 [1, 2, 3], [2, 3], []],
+                [2, 3, 4, 5, 6, 7], [2, 3, 5, 6], [0, 0, 3, 2, 1, 2, 1, 2], [0, 0, 3, 3, 0, 3, 3, 0], 0.34375,
+                [45.5771, 40.2707, 80.5465, 62.1292, 95.7255, 74.0462, 45.4535, 94.9261]),
+}
+
+
+def _calls(ora, steps, cfg):
+    """The oracle's pruned blocks per call, in call order."""
+    out = []
+    for s in range(steps):
+        for b in (0, 1) if cfg else (0,):
+            out.append(sorted(ora.pruned(b).get(s, [])))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# spec
+
+
+def test_cache_dit_printed_name_parses():
+    c = CacheConfig.parse("DBPrune_F1B0_W4I1M0MC0_R0.08")
+    assert isinstance(c, DBPruneConfig) and (c.Fn_compute_blocks, c.max_warmup_steps) == (1, 4)
+    assert (c.max_cached_steps, c.max_continuous_cached_steps, c.residual_diff_threshold) == (-1, -1, 0.08)
+    assert str(c) == "DBPrune_F1B0_W4I1M0MC0_R0.08" and as_config(str(c)) == c
+    # cache-dit's summary name adds the pruned ratio `_P41.67`; `_S<n>` too: both ignored
+    assert as_config("DBPrune_F1B0_W4I1M0MC0_R0.08_P41.67_S5") == c
+    assert not c.enable_dynamic_prune_threshold and c.dynamic_prune_threshold_relax_ratio == 1.25
+    assert c.max_dynamic_prune_threshold is None and c.non_prune_block_ids == ()
+
+
+def test_prune_fields_round_trip():
+    c = as_config("DBPrune_F2B1_W4MC2_R0.1_DT1_DR1.5_DM0.3_NP7,3")
+    assert c.enable_dynamic_prune_threshold and c.dynamic_prune_threshold_relax_ratio == 1.5
+    assert c.max_dynamic_prune_threshold == 0.3 and c.non_prune_block_ids == (3, 7)
+    assert str(c) == "DBPrune_F2B1_W4I1M0MC2_R0.1_DT1_DR1.5_DM0.3_NP3,7" and as_config(str(c)) == c
+    assert c.prunable(10) == [2, 4, 5, 6, 8]
+    assert "non_prune_block_ids" in DBPruneConfig.structural_fields()
+    assert DBPruneConfig(non_prune_block_ids=(5, 2, 5)).non_prune_block_ids == (2, 5)
+    assert type(RunSpecs.of({"transformer_blocks": "DBPrune_F1B0"}).per_list[0][1]) is DBPruneConfig
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("F1B0_DT1", "DBPrune specs only"),
+    ("F1B0_NP3", "DBPrune specs only"),
+    ("DBPrune_F1B0_T1", "no calibrator"),
+    ("DBPrune_F1B0_FoCa", "no calibrator"),
+    ("DBPrune_F1B0_DR0", "relax_ratio"),
+    ("DBPrune_F1B0_DM0", "max_dynamic_prune_threshold"),
+    ("DBPrune_F1B0_NPx", "cannot parse"),
+    ("DBPrune_F1B0_DT2", "DT takes 0 or 1"),
+    ("DBPrune_DBPrune_F1", "given twice"),
+])
+def test_bad_specs(spec, message):
+    with pytest.raises(DitCacheError, match=message):
+        as_config(spec)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# oracle == cache-dit
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_oracle_equals_cache_dit(name):
+    key, steps, cfg, spec, calls, cached, cfg_cached, pruned_blocks, cfg_pruned_blocks, ratio, sums = GOLDEN[name]
+    m = MODELS[key]
+    model = m.build()
+    ora = reference.EagerDBPrune.single(model, as_config(spec), m.blocks, m.pattern)
+    outs = run_loop(model, m, steps=steps, cfg=cfg)
+    ora.remove()
+    assert _calls(ora, steps, cfg) == calls
+    assert ora.cached_steps(0) == cached and ora.cached_steps(1) == cfg_cached
+    assert ora.pruned_blocks(0) == pruned_blocks and ora.pruned_blocks(1) == cfg_pruned_blocks
+    assert ora.pruned_ratio() == pytest.approx(ratio)
+    assert [o.double().sum().item() for o in outs] == pytest.approx(sums, rel=1e-5, abs=1e-3)
