@@ -10,6 +10,7 @@ policies and their per-shape states as extra inputs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import re
@@ -227,8 +228,8 @@ def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[
     exprs = [_compat.sym_expr(s) for shape in (dims.hidden, *dims.streams) for s in shape]
     free = sorted({s for e in exprs if e is not None for s in e.free_symbols}, key=str)
     if not free:
-        concrete = RegionDims(tuple(map(int, dims.hidden)), dims.hidden_dtype,
-                              tuple(tuple(map(int, s)) for s in dims.streams), dims.stream_dtypes, dims.orders)
+        concrete = dataclasses.replace(dims, hidden=tuple(map(int, dims.hidden)),  # a PruneDims stays one
+                                       streams=tuple(tuple(map(int, s)) for s in dims.streams))
         return lambda args: (concrete, concrete)
     missing = [s for s in free if s not in symbols]
     if missing:
@@ -242,9 +243,8 @@ def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[
         if hit is None:
             env = dict(zip(free, key))
             size = lambda s: _compat.eval_size(s, env)  # noqa: E731
-            hit = cache[key] = RegionDims(tuple(map(size, dims.hidden)), dims.hidden_dtype,
-                                          tuple(tuple(map(size, s)) for s in dims.streams), dims.stream_dtypes,
-                                          dims.orders)
+            hit = cache[key] = dataclasses.replace(dims, hidden=tuple(map(size, dims.hidden)),
+                                                   streams=tuple(tuple(map(size, s)) for s in dims.streams))
         return key, hit  # the runner's key: the symbol values; the store's: the dims
 
     return evaluate

@@ -4,11 +4,14 @@ and the compiled per-block conds against the oracle (0 graph breaks, one graph a
 """
 
 import pytest
+import torch
 
+import dit_cache_fx
 from dit_cache_fx import reference
 from dit_cache_fx.config import CacheConfig, DBPruneConfig, RunSpecs, as_config
 from dit_cache_fx.errors import DitCacheError
 
+from helpers import handle, max_rel_err
 from tiny_models import MODELS, run_loop
 
 # name: (model, steps, separate CFG, spec, blocks pruned per call (a CFG run: cond, uncond, cond, ...),
@@ -108,3 +111,64 @@ def test_oracle_equals_cache_dit(name):
     assert ora.pruned_blocks(0) == pruned_blocks and ora.pruned_blocks(1) == cfg_pruned_blocks
     assert ora.pruned_ratio() == pytest.approx(ratio)
     assert [o.double().sum().item() for o in outs] == pytest.approx(sums, rel=1e-5, abs=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# compiled == cache-dit == oracle
+
+
+def _compiled_calls(s, steps, cfg):
+    return [s.branches[b].pruned.get(step, []) for step in range(steps) for b in ((0, 1) if cfg else (0,))]
+
+
+@pytest.fixture(scope="module")
+def compiled_runs():
+    """Each golden case compiled once (fullgraph), run twice: a second generation must not recompile."""
+    from torch._dynamo.utils import counters
+
+    out = {}
+    for name, (key, steps, cfg, spec, *_) in GOLDEN.items():
+        m = MODELS[key]
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = dit_cache_fx.compile(m.build(), cache=spec, fullgraph=True)
+        first = run_loop(compiled, m, steps=steps, cfg=cfg)
+        s1 = dit_cache_fx.summary(compiled)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            second = run_loop(compiled, m, steps=steps, cfg=cfg)
+        out[name] = dict(first=first, second=second, s1=s1, s2=dit_cache_fx.summary(compiled),
+                         graphs=len(handle(compiled).graphs), breaks=len(counters["graph_break"]),
+                         compiled=compiled)
+    return out
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_compiled_equals_cache_dit(compiled_runs, name):
+    key, steps, cfg, spec, calls, cached, cfg_cached, pruned_blocks, cfg_pruned_blocks, ratio, sums = GOLDEN[name]
+    r = compiled_runs[name]
+    assert r["graphs"] == 1 and r["breaks"] == 0
+    for s in (r["s1"], r["s2"]):  # the second generation decides the same
+        assert _compiled_calls(s, steps, cfg) == calls
+        assert s.cached_steps == cached and s.pruned_blocks == pruned_blocks
+        assert s.pruned_ratio == pytest.approx(ratio)
+        if cfg:
+            assert s.branches[1].cached_steps == cfg_cached and s.branches[1].pruned_blocks == cfg_pruned_blocks
+    assert [o.double().sum().item() for o in r["first"]] == pytest.approx(sums, rel=1e-5, abs=1e-3)
+    assert max_rel_err(r["second"], r["first"]) <= 1e-6
+
+
+def test_compiled_equals_oracle_per_block_diffs(compiled_runs):
+    key, steps, cfg, spec, *_ = GOLDEN["flux_dyn"]
+    m = MODELS[key]
+    model = m.build()
+    ora = reference.EagerDBPrune.single(model, as_config(spec), m.blocks, m.pattern)
+    refs = run_loop(model, m, steps=steps, cfg=cfg)
+    ora.remove()
+    r = compiled_runs["flux_dyn"]
+    assert max_rel_err(r["first"], refs) <= 1e-5
+    got = r["s1"].branches[0].block_diffs
+    assert got.keys() == ora.block_diffs().keys()
+    for step, diffs in ora.block_diffs().items():
+        assert got[step] == pytest.approx(diffs, rel=1e-4)
+    text = str(r["s1"])
+    assert "DBPrune ratio 41.67% (20/48 blocks pruned, branch 0)" in text

@@ -17,13 +17,14 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .. import _compat
-from ..config import RunSpecs
+from ..config import RunSpecs, as_prune
 from ..errors import CachePlanError
 from ..runtime import step
-from ..runtime.layout import RegionDims, RegionPolicy, RegionState, StateGroup, StepContext
+from ..runtime.layout import RegionDims, StateGroup, StepContext, policy_group, state_group
 from .blocks import BlockRun, Rejected, find_runs
 from .graph_utils import check_graph, ordered, placeholders, value_of
 from .plan import RegionPlan, plan_region
+from .prune import PrunePlan, plan_prune, prune_dims, remap_prune, rewrite_prune
 from .rewrite import propagate_values, remap_plan, rewrite_region
 
 
@@ -72,7 +73,7 @@ def run_passes(gm: GraphModule, specs: RunSpecs, hidden_inputs: Collection[Node]
                 record.skipped.append((part.name, "not cached by the spec"))
                 continue
             try:
-                plans.append(plan_region(gm, part, config))
+                plans.append((plan_prune if as_prune(config) else plan_region)(gm, part, config))
             except CachePlanError as e:
                 record.skipped.append((part.name, str(e)))
     if not plans:
@@ -88,17 +89,22 @@ def run_passes(gm: GraphModule, specs: RunSpecs, hidden_inputs: Collection[Node]
         record.classifies = True
     replaced: dict[Node, Node] = {}
     for i, plan in enumerate(plans):
-        plan = remap_plan(plan, replaced)
-        rid, dims = f"r{i}", region_dims(plan)
-        pol = _add_inputs(gm, record, RegionPolicy, rid, device, None, fake_mode)
-        state = _add_inputs(gm, record, RegionState, rid, device, dims, fake_mode)
-        added, swaps = rewrite_region(gm, plan, rid, ctx, pol, state, group)
-        propagate_values(gm, ordered(set(added), gm.graph), fake_mode)  # the next region may read these values
+        pruned = isinstance(plan, PrunePlan)  # DBPrune: a cond per block (passes/prune.py)
+        plan = (remap_prune if pruned else remap_plan)(plan, replaced)
+        rid, dims = f"r{i}", (prune_dims if pruned else region_dims)(plan)
+        pol = _add_inputs(gm, record, policy_group(plan.config), rid, device, None, fake_mode)
+        state = _add_inputs(gm, record, state_group(dims), rid, device, dims, fake_mode)
+        added, swaps = (rewrite_prune if pruned else rewrite_region)(gm, plan, rid, ctx, pol, state, group)
+        if not pruned:  # rewrite_prune gives its nodes their values block by block
+            propagate_values(gm, ordered(set(added), gm.graph), fake_mode)  # the next region may read these values
         new += added
         replaced.update(swaps)
         record.regions.append(RegionRecord(rid, plan, dims))
     mn_blocks = {f"{r.rid}_compute": {b.path for b in r.plan.run.blocks[r.plan.Fn:len(r.plan.run.blocks) - r.plan.Bn]}
-                 for r in record.regions}
+                 for r in record.regions if not isinstance(r.plan, PrunePlan)}
+    for r in record.regions:
+        if isinstance(r.plan, PrunePlan):
+            mn_blocks.update(r.plan.cond_blocks(r.rid))
     check_graph(gm, mn_blocks, [*new, *(p for p in placeholders(gm) if p.name.startswith("dcf_"))])
     gm.recompile()
     record.gm = gm

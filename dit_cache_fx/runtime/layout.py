@@ -8,6 +8,9 @@ placeholder names and the docs table (`state_table()`) are all derived from thes
     RegionPolicy  one per cache region: the config's runtime fields as typed 0-dim tensors (configure())
     RegionState   one per cache region and input shape: per-branch counters, the Fn anchor, the Mn
                   residual / TaylorSeer factor / FoCa stacks, and a log ring buffer
+    PrunePolicy   a DBPrune region's RegionPolicy plus its dynamic-threshold fields
+    PruneState    one per DBPrune region and input shape: per-branch counters, each prunable block's input
+                  and residuals at its last computed step, the step's diff statistics, and a log
 
 Branches are CFG branches: 0 = cond (or no CFG), 1 = uncond.
 """
@@ -22,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..config import FOCA, MAX_MASK_STEPS, CacheConfig
+from ..config import FOCA, MAX_MASK_STEPS, CacheConfig, as_prune
 
 BRANCHES = 2
 LOG_LEN = 4096
@@ -198,15 +201,106 @@ class RegionState(StateGroup):
 COUNTERS = ("gen", "n_cached", "n_cont", "has_anchor", "last_computed", "n_valid")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# DBPrune: one decision per prunable block (`runtime.prune`)
+
+PRUNE_LOG_LEN = 1024
+# per call of a DBPrune region: blocks pruned, diffs consulted (`log_diffs` / `log_pruned` hold each block's)
+PRUNE_LOG_COLUMNS = ("call", "gen", "step", "branch", "pruned", "consulted")
+PRUNE_COUNTERS = ("gen", "n_cached", "n_cont", "last_cached", "call_pruned")
+
+
+@dataclass
+class PrunePolicy(RegionPolicy):
+    """A DBPrune region's policy: RegionPolicy's fields and the dynamic threshold's (`configure` writes them)."""
+
+    dynamic: Tensor = slot(torch.bool, "enable_dynamic_prune_threshold")
+    relax: Tensor = slot(torch.float32, "dynamic_prune_threshold_relax_ratio", init=1.25)
+    max_dynamic: Tensor = slot(torch.float32, "max_dynamic_prune_threshold (NaN: 2 x threshold)", init=float("nan"))
+
+    def load(self, config: CacheConfig) -> None:
+        super().load(config)
+        self.dynamic.fill_(bool(config.enable_dynamic_prune_threshold))
+        self.relax.fill_(config.dynamic_prune_threshold_relax_ratio)
+        cap = config.max_dynamic_prune_threshold
+        self.max_dynamic.fill_(float("nan") if cap is None else cap)
+
+
+@dataclass(frozen=True)
+class PruneDims(RegionDims):
+    """RegionDims of a DBPrune region: `hidden` is the hidden stream entering a block, `streams` the streams
+    whose residuals are cached (hidden first), `blocks` the number of prunable blocks."""
+
+    blocks: int = 1
+
+
+@dataclass
+class PruneState(StateGroup):
+    """Per DBPrune region and input shape. Counters are per branch and belong to generation `gen`; a step
+    counts as pruned (`n_cached`, `n_cont`) when at least one of its blocks was."""
+
+    prefix: ClassVar[str] = "st"
+    gen: Tensor = slot(torch.int64, "generation these counters belong to (-1: never used)", per_branch=True, init=-1)
+    n_cached: Tensor = slot(torch.int64, "steps with a pruned block in this generation", per_branch=True)
+    n_cont: Tensor = slot(torch.int64, "consecutive steps with a pruned block, up to this call", per_branch=True)
+    last_cached: Tensor = slot(torch.int64, "the last step with a pruned block (-1: none)", per_branch=True, init=-1)
+    call_pruned: Tensor = slot(torch.int64, "blocks pruned so far in the current call", per_branch=True)
+    has_input: Tensor = slot(torch.bool, "the block was computed (its input and residuals are stored)",
+                             per_branch=True, shape=lambda d: (d.blocks,))
+    inputs: Tensor = slot(None, "input hidden stream of each prunable block at its last computed step",
+                          per_branch=True, shape=lambda d: (d.blocks, *d.hidden))
+    residuals: tuple = slot(None, "residual of stream k of each prunable block at its last computed step",
+                            per_branch=True, per_stream=True, shape=lambda d, k: (d.blocks, *d.streams[k]))
+    dyn_gen: Tensor = slot(torch.int64, "generation of the step's diff statistics (branch 0)", init=-1)
+    dyn_step: Tensor = slot(torch.int64, "step of the diff statistics (branch 0)", init=-1)
+    dyn_n: Tensor = slot(torch.int64, "diffs recorded in that step (branch 0)")
+    dyn_sum: Tensor = slot(torch.float32, "sum of the positive ones among the first 5 of them")
+    dyn_cnt: Tensor = slot(torch.int64, "count of the positive ones among the first 5 of them")
+    log: Tensor = slot(torch.float32, f"ring buffer of calls: {', '.join(PRUNE_LOG_COLUMNS)}",
+                       shape=lambda d: (PRUNE_LOG_LEN, len(PRUNE_LOG_COLUMNS)), init=float("nan"))
+    log_diffs: Tensor = slot(torch.float32, "per logged call, each prunable block's recorded diff (-1: threshold "
+                             ">= 1; NaN: not consulted)", shape=lambda d: (PRUNE_LOG_LEN, d.blocks), init=float("nan"))
+    log_pruned: Tensor = slot(torch.bool, "per logged call, which prunable blocks were pruned",
+                              shape=lambda d: (PRUNE_LOG_LEN, d.blocks))
+    log_pos: Tensor = slot(torch.int64, "calls written to the log")
+
+    def records(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(log, log_diffs, log_pruned) of the logged calls, oldest first (one host sync)."""
+        n = int(self.log_pos)
+        logs = [self.log.cpu(), self.log_diffs.cpu(), self.log_pruned.cpu()]
+        if n <= PRUNE_LOG_LEN:
+            return tuple(x[:n] for x in logs)
+        k = n % PRUNE_LOG_LEN
+        return tuple(torch.cat([x[k:], x[:k]]) for x in logs)
+
+
+def policy_group(config: CacheConfig) -> type[RegionPolicy]:
+    """The policy group of a region under `config`."""
+    return PrunePolicy if as_prune(config) else RegionPolicy
+
+
+def state_group(dims: RegionDims) -> type[StateGroup]:
+    """The per-shape state group of a region of these dims."""
+    return PruneState if isinstance(dims, PruneDims) else RegionState
+
+
 def state_table() -> str:
     """Markdown table of every state tensor (README / docs)."""
     rows = ["| group | tensor | dtype | shape | meaning |", "|---|---|---|---|---|"]
-    for group in (StepContext, RegionPolicy, RegionState):
+    base = {f.name for f in RegionPolicy.slots()}
+    for group in (StepContext, RegionPolicy, RegionState, PrunePolicy, PruneState):
         for f in group.slots():
+            if group is PrunePolicy and f.name in base:
+                continue
             m = f.metadata
             dtype = str(m["dtype"]).replace("torch.", "") if m["dtype"] else "stream's"
-            shape = {"anchor": "hidden", "factors": "K+1 or 4, stream", "log": f"{LOG_LEN}, {len(LOG_COLUMNS)}",
-                     "mask": str(MAX_MASK_STEPS)}.get(f.name, "")
+            shapes = {"anchor": "hidden", "factors": "K+1 or 4, stream", "log": f"{LOG_LEN}, {len(LOG_COLUMNS)}",
+                      "mask": str(MAX_MASK_STEPS)}
+            if group is PruneState:
+                shapes = {"has_input": "P", "inputs": "P, hidden", "residuals": "P, stream",
+                          "log": f"{PRUNE_LOG_LEN}, {len(PRUNE_LOG_COLUMNS)}", "log_diffs": f"{PRUNE_LOG_LEN}, P",
+                          "log_pruned": f"{PRUNE_LOG_LEN}, P"}
+            shape = shapes.get(f.name, "")
             shape = "[" + ", ".join(x for x in ("2" if m["per_branch"] else "", shape) if x) + "]"
             rows.append(f"| {group.__name__} | `{f.name}` | {dtype} | {shape} | {m['doc']} |")
     return "\n".join(rows)

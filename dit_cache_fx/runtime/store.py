@@ -25,7 +25,7 @@ import torch
 
 from ..config import CacheConfig
 from ..errors import ShapeChangedError
-from .layout import RegionDims, RegionPolicy, RegionState, StepContext
+from .layout import RegionDims, RegionPolicy, RegionState, StepContext, policy_group, state_group
 
 
 @dataclass
@@ -123,7 +123,7 @@ class StateStore:
             with self.lock:
                 pol = self.policies.get(name)
                 if pol is None:
-                    pol = RegionPolicy.allocate(device)
+                    pol = policy_group(config).allocate(device)
                     pol.load(self.configs.setdefault(name, config))
                     self.policies[name] = pol
         return pol
@@ -143,7 +143,7 @@ class StateStore:
             return hit.state
         if per_shape:
             self._check_new_shape(name, next(reversed(per_shape.values())).dims, dims, mine.ctx)
-        per_shape[key] = ShapeState(dims, RegionState.allocate(device, dims))
+        per_shape[key] = ShapeState(dims, state_group(dims).allocate(device, dims))
         while len(per_shape) > self.max_shapes:
             per_shape.popitem(last=False)
             self.epoch += 1
