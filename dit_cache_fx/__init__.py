@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .api import compile, configure, release, reset
     from .config import CacheConfig, RunSpecs
-    from .errors import CachePlanError, DitCacheError, InferenceOnlyError, NoBlockRunError, ShapeChangedError
+    from .errors import (
+        CachePlanError,
+        DitCacheError,
+        InferenceOnlyError,
+        NoBlockRunError,
+        ShapeChangedError,
+        UnsupportedWeightsError,
+    )
     from .explain import ExplainReport, explain
     from .summary import BranchStats, CacheSummary, RegionSummary, summary
 
@@ -22,14 +29,14 @@ _EXPORTS = {
     "compile": "api", "configure": "api", "release": "api", "reset": "api",
     "CacheConfig": "config", "RunSpecs": "config",
     "CachePlanError": "errors", "DitCacheError": "errors", "InferenceOnlyError": "errors", "NoBlockRunError": "errors",
-    "ShapeChangedError": "errors",
+    "ShapeChangedError": "errors", "UnsupportedWeightsError": "errors",
     "ExplainReport": "explain", "explain": "explain",
     "BranchStats": "summary", "CacheSummary": "summary", "RegionSummary": "summary", "summary": "summary",
 }
 __all__ = [
     "BranchStats", "CacheConfig", "CachePlanError", "CacheSummary", "DitCacheError", "ExplainReport",
-    "InferenceOnlyError", "NoBlockRunError", "RegionSummary", "RunSpecs", "ShapeChangedError", "compile", "configure", "explain",
-    "release", "reset", "summary",
+    "InferenceOnlyError", "NoBlockRunError", "RegionSummary", "RunSpecs", "ShapeChangedError", "UnsupportedWeightsError", "compile",
+    "configure", "explain", "release", "reset", "summary",
 ]
 __version__ = "0.2.0"
 

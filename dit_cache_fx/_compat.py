@@ -256,3 +256,19 @@ def tree_leaves(value: Any) -> list:
     from torch.utils._pytree import tree_leaves as leaves
 
     return leaves(value)
+
+
+def is_traceable_subclass(value: Any) -> bool:
+    """A tensor subclass that follows the `__tensor_flatten__` / `__tensor_unflatten__` protocol (torchao's
+    quantized weights, DTensor, ...): torch.compile can take it apart into plain inner tensors."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    return is_traceable_wrapper_subclass(value)
+
+
+def is_dispatch_subclass(value: Any) -> bool:
+    """A tensor of a subclass with its own `__torch_dispatch__` (fake tensors aside)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return (isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)
+            and type(value).__torch_dispatch__ is not torch._C._disabled_torch_dispatch_impl)

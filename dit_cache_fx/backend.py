@@ -29,6 +29,7 @@ from .errors import CachePlanError
 from .passes.graph_utils import placeholders, value_of
 from .passes.outline import drop_unused_inputs, outline_graph
 from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
+from .passes.rewrite import flatten_subclass_operands
 from .passes.timestep import find_timestep
 from .runtime import regional, registry, step
 from .runtime.layout import RegionDims
@@ -106,6 +107,7 @@ class CacheHandle:
     group: str | None = None  # process group summing the diff (context parallel)
     regional: bool = False  # each distinct block compiled once (passes/outline.py)
     block_modules: dict[str, set[str]] = field(default_factory=dict)  # block list -> names of modules in a block
+    list_sizes: dict[str, int] = field(default_factory=dict)  # block list -> its number of blocks
     graphs: list[GraphInfo] = field(default_factory=list)
     timestep: InputPath | None = None
     input_names: tuple[str, ...] = ()
@@ -121,6 +123,10 @@ class CacheHandle:
     @property
     def regions(self) -> list[RegionRecord]:
         return [r for g in self.graphs for r in g.record.regions]
+
+    def coverage(self, run) -> tuple[int, int]:
+        """(blocks in the run, blocks in the lists it spans): fewer covered means the run stopped early."""
+        return len(run.blocks), sum(self.list_sizes.get(c, 0) for c in run.lists) or len(run.blocks)
 
     @property
     def call(self) -> CallState:
@@ -309,6 +315,8 @@ class CacheBackend:
             kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
             example_inputs = [example_inputs[i] for i in kept]
             as_python = outlined.outlined > 0 and outlined.inline == 0
+        if record.regions:  # subclass weights (torchao) cross the conds as their plain inner tensors
+            flatten_subclass_operands(gm)
         info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm),
                          outer="python" if as_python else "inductor")
         h.graphs.append(info)

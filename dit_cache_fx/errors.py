@@ -19,3 +19,8 @@ class ShapeChangedError(DitCacheError):
 
 class InferenceOnlyError(DitCacheError):
     """A call asked for gradients (grad mode on and an input requiring grad): the cache is inference only."""
+
+
+class UnsupportedWeightsError(DitCacheError):
+    """A cache region reads tensors the whole-graph mode cannot pass into its `torch.cond` (a tensor subclass
+    without the `__tensor_flatten__` protocol); `compile(..., regional=True)` keeps them outside the cond."""

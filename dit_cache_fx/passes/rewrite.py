@@ -217,3 +217,120 @@ def propagate_values(gm: GraphModule, nodes: list[Node], fake_mode) -> None:
                 else:
                     value = node.target(*args, **kwargs)
             node.meta["val"] = node.meta["example_value"] = value  # under both keys, as Dynamo's nodes
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tensor-subclass operands (torchao's quantized weights): the cond carries their plain inner tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class SubclassSpec:
+    """How one tensor-subclass value crosses a cond: its `__tensor_flatten__` names and context, nested specs
+    for inner tensors that are subclasses themselves, and the outer size and stride to rebuild it with."""
+
+    cls: type
+    ctx: object
+    inner: tuple[tuple[str, SubclassSpec | None], ...]
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    def leaves(self) -> list[tuple[str, ...]]:
+        """Attribute paths of the plain inner tensors, in the order the cond carries them."""
+        return [(name, *rest) for name, sub in self.inner for rest in (sub.leaves() if sub else [()])]
+
+
+def subclass_spec(value: object, where: str = "") -> SubclassSpec | None:
+    """Analysis: the spec of a tensor-subclass value, None for a plain tensor or a non-tensor; a subclass
+    without the flatten protocol raises `UnsupportedWeightsError`."""
+    if not _compat.is_dispatch_subclass(value):
+        return None
+    if not _compat.is_traceable_subclass(value):
+        from ..errors import UnsupportedWeightsError
+
+        raise UnsupportedWeightsError(
+            f"dit_cache_fx: the cache region reads {where or 'a tensor'} of type {type(value).__qualname__}, a tensor "
+            "subclass without __tensor_flatten__/__tensor_unflatten__, which the whole-graph mode cannot pass "
+            "into its torch.cond; compile with dit_cache_fx.compile(..., regional=True), which keeps the weights "
+            "outside the cond")
+    names, ctx = value.__tensor_flatten__()
+    inner = tuple((n, subclass_spec(getattr(value, n), f"{where}.{n}")) for n in names)
+    return SubclassSpec(type(value), ctx, inner, tuple(map(int, value.shape)), tuple(map(int, value.stride())))
+
+
+def _rebuilder(spec: SubclassSpec):
+    """The function a branch calls to rebuild the subclass from its plain inner tensors (a closure: the
+    context is any Python object, which FX code cannot spell as a literal)."""
+
+    def build(s: SubclassSpec, leaves: list) -> torch.Tensor:
+        inner = {name: (build(sub, leaves) if sub else leaves.pop(0)) for name, sub in s.inner}
+        return s.cls.__tensor_unflatten__(inner, s.ctx, s.size, s.stride)
+
+    def rebuild(*leaves: torch.Tensor) -> torch.Tensor:
+        return build(spec, list(leaves))
+
+    rebuild.__name__ = rebuild.__qualname__ = f"dcf_rebuild_{spec.cls.__name__}"
+    return rebuild
+
+
+def flatten_subclass_operands(gm: GraphModule) -> int:
+    """Mutation: every cond operand of `gm` whose value is a tensor subclass (the `__tensor_flatten__`
+    protocol: torchao's Int8Tensor, Float8Tensor, ...) is replaced by its plain inner tensors (`getattr`
+    nodes), and each branch rebuilds it from them (`__tensor_unflatten__`) before its first use. `torch.cond`
+    has no rule for subclass operands; plain ones it traces as any other. Returns how many were replaced."""
+    done = 0
+    for cond in [n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.higher_order.cond]:
+        operands = list(cond.args[3])
+        specs = [subclass_spec(value_of(o), o.name) if isinstance(o, Node) else None for o in operands]
+        if not any(specs):
+            continue
+        carried: list = []
+        with gm.graph.inserting_before(cond):
+            for o, spec in zip(operands, specs):
+                carried += [o] if spec is None else [_leaf_node(gm.graph, o, path) for path in spec.leaves()]
+        for attr in cond.args[1:3]:
+            branch = getattr(gm, attr.target)
+            _rebuild_in_branch(branch, specs)
+        cond.args = (*cond.args[:3], tuple(carried))
+        done += sum(s is not None for s in specs)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+def _leaf_node(graph: Graph, node: Node, path: tuple[str, ...]) -> Node:
+    for name in path:
+        value = getattr(value_of(node), name)
+        node = graph.call_function(getattr, (node, name))
+        node.meta["val"] = node.meta["example_value"] = value
+    return node
+
+
+def _rebuild_in_branch(branch: GraphModule, specs: list[SubclassSpec | None]) -> None:
+    g = branch.graph
+    phs = [n for n in g.nodes if n.op == "placeholder"]
+    rebuilt: list[tuple[Node, list[Node], SubclassSpec]] = []
+    for ph, spec in zip(phs, specs):
+        if spec is None:
+            continue
+        value = value_of(ph)
+        leaves = []
+        with g.inserting_before(ph):
+            for path in spec.leaves():
+                leaf = g.placeholder(f"{ph.name}_{'_'.join(path)}")
+                v = value
+                for name in path:
+                    v = getattr(v, name) if v is not None else None
+                if v is not None:
+                    leaf.meta["val"] = v
+                leaves.append(leaf)
+        rebuilt.append((ph, leaves, spec))
+    last = [n for n in g.nodes if n.op == "placeholder"][-1]
+    for ph, leaves, spec in rebuilt:
+        with g.inserting_after(last):
+            node = g.call_function(_rebuilder(spec), tuple(leaves))
+        node.meta = dict(ph.meta)
+        ph.replace_all_uses_with(node)
+        g.erase_node(ph)
+    g.lint()
+    branch.recompile()
