@@ -15,7 +15,7 @@ import torch
 
 from . import _compat
 from .backend import CacheBackend, CacheHandle
-from .config import CFG_BRANCH_OF_NAME, CacheArg, CacheConfig, RunSpecs
+from .config import CFG_BRANCH_OF_NAME, CacheArg, CacheConfig, DBPruneConfig, RunSpecs, structural_changes
 from .errors import CachePlanError, DitCacheError, InferenceOnlyError, NoBlockRunError
 from .runtime import regional
 from .runtime.store import StateStore
@@ -390,7 +390,7 @@ def configure(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = Non
     handle = handle_of(module)
     if (cache is None) == (not fields):
         raise TypeError("configure takes a spec (string, CacheConfig or mapping) or keyword fields, not both")
-    bad = set(fields) - {f.name for f in dataclasses.fields(CacheConfig)}
+    bad = set(fields) - {f.name for f in dataclasses.fields(DBPruneConfig)}  # a superset of CacheConfig's
     if bad:
         raise TypeError(f"unknown CacheConfig fields {sorted(bad)}")
     if not handle.specs.enabled:
@@ -405,7 +405,7 @@ def configure(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = Non
         new = _config_for(new_specs, lists).replace(**fields) if cache is not None else old.replace(**fields)
         if old is None or new is None:
             raise ValueError(f"region {name}: caching cannot be switched on or off without compiling again")
-        changed = [f for f in CacheConfig.structural_fields() if getattr(new, f) != getattr(old, f)]
+        changed = structural_changes(old, new)
         if changed:
             raise ValueError(f"changing {', '.join(changed)} changes the graph: call dit_cache_fx.compile again on the "
                              "original module (module._orig_mod)")
@@ -429,8 +429,7 @@ def _check_structure(old: RunSpecs, new: RunSpecs) -> None:
         raise ValueError("the new spec assigns configs to other block lists than the compiled one: that changes the "
                          "graph; call dit_cache_fx.compile again on the original module (module._orig_mod)")
     for a, b in pairs:
-        changed = [] if a is None or b is None else [f for f in CacheConfig.structural_fields()
-                                                     if getattr(a, f) != getattr(b, f)]
+        changed = [] if a is None or b is None else structural_changes(a, b)
         if changed or (a is None) != (b is None):
             raise ValueError(f"changing {', '.join(changed) or 'which runs are cached'} changes the graph: call "
                              "dit_cache_fx.compile again on the original module (module._orig_mod)")

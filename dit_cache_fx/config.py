@@ -327,6 +327,14 @@ class DBPruneConfig(CacheConfig):
         return "DBPrune_" + super().__str__()
 
 
+def structural_changes(old: CacheConfig, new: CacheConfig) -> list[str]:
+    """The graph-shaping differences between two configs: structural fields, and the technique itself
+    (DBCache vs DBPrune: a region is rewritten differently)."""
+    if type(old) is not type(new):
+        return [f"the technique ({type(old).__name__} -> {type(new).__name__})"]
+    return [f for f in type(new).structural_fields() if getattr(new, f) != getattr(old, f)]
+
+
 def as_prune(config: CacheConfig | None) -> bool:
     """Whether `config` asks for DBPrune."""
     return isinstance(config, DBPruneConfig)

@@ -17,14 +17,14 @@ from tiny_models import MODELS, run_loop
 # name: (model, steps, separate CFG, spec, blocks pruned per call (a CFG run: cond, uncond, cond, ...),
 #        cached steps, CFG cached steps, pruned_blocks, cfg_pruned_blocks, pruned_ratio, output sums)
 GOLDEN = {
-    "flux_r": ("flux", 8, False, "DBPrune_F1B0_W2_R0.1185",
-               [[], [], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], []],
-               [2, 3, 5, 6], [], [0, 0, 5, 5, 0, 5, 5, 0], [], 0.4166666666666667,
-               [-74.6415, -84.2326, -89.3616, -88.8438, -88.7108, -76.7558, -88.9169, -93.6036]),
     "flux_dyn": ("flux", 8, False, "DBPrune_F1B0_W2_R0.1_DT1",  # the dynamic threshold: 1.25 x the step's diffs
                  [[], [], [1, 2, 3, 4, 5], [2, 3, 4, 5], [1, 5], [2, 3, 4], [1, 4, 5], [2, 3, 5]],
                  [2, 3, 4, 5, 6, 7], [], [0, 0, 5, 4, 2, 3, 3, 3], [], 0.4166666666666667,
                  [-74.6415, -84.2326, -89.3616, -88.8048, -89.1899, -76.4551, -88.5304, -94.6156]),
+    "flux_r": ("flux", 8, False, "DBPrune_F1B0_W2_R0.1185",
+               [[], [], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], []],
+               [2, 3, 5, 6], [], [0, 0, 5, 5, 0, 5, 5, 0], [], 0.4166666666666667,
+               [-74.6415, -84.2326, -89.3616, -88.8438, -88.7108, -76.7558, -88.9169, -93.6036]),
     "flux_np_mc": ("flux", 10, False, "DBPrune_F1B1_W2MC1_R0.16_NP3",  # blocks 0, 3, 5 never pruned
                    [[], [], [1, 2, 4], [], [1, 2, 4], [], [1, 2, 4], [], [1, 2, 4], []],
                    [2, 4, 6, 8], [], [0, 0, 3, 0, 3, 0, 3, 0, 3, 0], [], 0.2,
@@ -123,16 +123,23 @@ def _compiled_calls(s, steps, cfg):
 
 @pytest.fixture(scope="module")
 def compiled_runs():
-    """Each golden case compiled once (fullgraph), run twice: a second generation must not recompile."""
+    """Each golden case compiled (fullgraph) and run twice: a second generation must not recompile. Cases of the
+    same model and graph share one compiled model, switched with `configure` (no recompile either)."""
     from torch._dynamo.utils import counters
 
-    out = {}
+    out, compiled, last = {}, None, None
     for name, (key, steps, cfg, spec, *_) in GOLDEN.items():
-        m = MODELS[key]
-        torch._dynamo.reset()
-        counters.clear()
-        compiled = dit_cache_fx.compile(m.build(), cache=spec, fullgraph=True)
-        first = run_loop(compiled, m, steps=steps, cfg=cfg)
+        m, config = MODELS[key], as_config(spec)
+        shape = (key, type(config), tuple(getattr(config, f) for f in DBPruneConfig.structural_fields()))
+        if shape != last:
+            torch._dynamo.reset()
+            counters.clear()
+            compiled, last = dit_cache_fx.compile(m.build(), cache=spec, fullgraph=True), shape
+            first = run_loop(compiled, m, steps=steps, cfg=cfg)
+        else:
+            dit_cache_fx.configure(compiled, spec)
+            with torch._dynamo.config.patch(error_on_recompile=True):
+                first = run_loop(compiled, m, steps=steps, cfg=cfg)
         s1 = dit_cache_fx.summary(compiled)
         with torch._dynamo.config.patch(error_on_recompile=True):
             second = run_loop(compiled, m, steps=steps, cfg=cfg)
@@ -172,3 +179,15 @@ def test_compiled_equals_oracle_per_block_diffs(compiled_runs):
         assert got[step] == pytest.approx(diffs, rel=1e-4)
     text = str(r["s1"])
     assert "DBPrune ratio 41.67% (20/48 blocks pruned, branch 0)" in text
+
+
+def test_configure_cannot_switch_technique(compiled_runs):
+    compiled = compiled_runs["flux_dyn"]["compiled"]
+    with pytest.raises(ValueError, match="the technique"):
+        dit_cache_fx.configure(compiled, "F1B0_W2_R0.1")
+    with pytest.raises(ValueError, match="non_prune_block_ids"):
+        dit_cache_fx.configure(compiled, "DBPrune_F1B0_W2_R0.1_NP2")
+    # a keyword DBPrune field changes only itself
+    dit_cache_fx.configure(compiled, dynamic_prune_threshold_relax_ratio=1.3)
+    assert handle(compiled).store.configs[next(iter(handle(compiled).store.configs))] == as_config(
+        GOLDEN["flux_r"][3]).replace(dynamic_prune_threshold_relax_ratio=1.3)
