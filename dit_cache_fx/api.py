@@ -89,6 +89,7 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     specs = RunSpecs.of(cache)
     if specs.enabled:
         check_block_lists(module, specs)
+        check_block_tensors(module)
     group = _compat.group_name(process_group) if process_group is not None else _compat.context_parallel_group(module)
     handle = CacheHandle(specs, forward_signature(module), StateStore(specs.step_config.enable_separate_cfg, max_shapes),
                          on_no_blocks, options, torch_compile_kwargs["dynamic"], group=group, regional=regional,
@@ -343,6 +344,32 @@ def compiled_modules(obj: Any) -> dict[str, torch.nn.Module]:
         return found
     handle_of(obj)
     return {"": obj}
+
+def opaque_block_tensors(module: torch.nn.Module) -> dict[str, type]:
+    """Parameters and buffers inside the block lists that are tensor subclasses with their own
+    `__torch_dispatch__` but without the `__tensor_flatten__` protocol (by name: their type)."""
+    lists = tuple(f"{name}." for name in block_lists(module))
+    tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    tensors += [(f"{n}.{a}", v) for n, m in module.named_modules() for a, v in vars(m).items()
+                if isinstance(v, torch.Tensor) and not a.startswith("_")]  # plain tensor attributes
+    return {name: type(t) for name, t in tensors if name.startswith(lists) and _compat.is_dispatch_subclass(t)
+            and not _compat.is_traceable_subclass(t)}
+
+
+def check_block_tensors(module: torch.nn.Module) -> None:
+    """Fail early for block weights that no compiled mode can trace (Dynamo graph-breaks at each use)."""
+    from .errors import UnsupportedWeightsError
+
+    found = opaque_block_tensors(module)
+    if found:
+        names = ", ".join(f"{n} ({t.__qualname__})" for n, t in list(found.items())[:3])
+        raise UnsupportedWeightsError(
+            f"dit_cache_fx: {len(found)} tensors inside the blocks of {type(module).__name__} are tensor subclasses "
+            f"without __tensor_flatten__/__tensor_unflatten__: {names}{', ...' if len(found) > 3 else ''}. Dynamo "
+            "graph-breaks at every use of such a tensor, so no graph holds a run of blocks, in the whole-graph mode "
+            "and with regional=True alike; use a subclass that implements the protocol (torchao's quantized "
+            "tensors do), or dequantize the weights")
+
 
 
 def handle_of(module: torch.nn.Module) -> CacheHandle:

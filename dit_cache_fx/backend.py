@@ -25,7 +25,7 @@ from torch.fx import GraphModule, Node
 
 from . import _compat
 from .config import CFG_BRANCH_OF_NAME, RunSpecs
-from .errors import CachePlanError
+from .errors import CachePlanError, DitCacheError, UnsupportedWeightsError
 from .passes.graph_utils import placeholders, value_of
 from .passes.outline import drop_unused_inputs, outline_graph
 from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
@@ -315,15 +315,24 @@ class CacheBackend:
             kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
             example_inputs = [example_inputs[i] for i in kept]
             as_python = outlined.outlined > 0 and outlined.inline == 0
-        if record.regions:  # subclass weights (torchao) cross the conds as their plain inner tensors
-            flatten_subclass_operands(gm)
+        # subclass weights (torchao) cross the conds as their plain inner tensors
+        flattened = flatten_subclass_operands(gm) if record.regions else 0
         info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm),
                          outer="python" if as_python else "inductor")
         h.graphs.append(info)
         device = value_of(record.regions[0].plan.fn_out).device if record.regions else None
         if record.regions:
             log.info("dit_cache_fx: %s", "; ".join(f"{r.plan.name}: {r.plan.split_text()}" for r in record.regions))
-        compiled = gm if as_python else self._inductor(gm, example_inputs)
+        try:
+            compiled = gm if as_python else self._inductor(gm, example_inputs)
+        except Exception as e:
+            if not flattened or isinstance(e, DitCacheError):
+                raise
+            raise UnsupportedWeightsError(
+                f"dit_cache_fx: {flattened} tensor-subclass inputs of the cache regions (quantized weights?) cross "
+                f"the torch.cond as their inner tensors, and compiling that failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); compile with dit_cache_fx.compile(..., regional=True), "
+                "which keeps the weights outside the cond") from e
         if device is None and h.store.ctx is not None:
             device = h.store.ctx.call.device
         info.runner = GraphRunner(h, compiled, record.regions, _symbols(inputs), device, kept)

@@ -78,3 +78,54 @@ def test_quantized_matches_eager_and_oracle(name):
     assert len(counters["graph_break"]) == 0
     assert len(handle(compiled).graphs) == 1
     assert len(handle(compiled).regions) == 1
+
+
+class _Opaque(torch.Tensor):
+    """A dispatch subclass without `__tensor_flatten__`: Dynamo cannot take it apart."""
+
+    @staticmethod
+    def __new__(cls, data):
+        return torch.Tensor._make_wrapper_subclass(cls, data.shape, dtype=data.dtype, device=data.device)
+
+    def __init__(self, data):
+        self.inner = data
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        unwrap = lambda x: x.inner if isinstance(x, _Opaque) else x  # noqa: E731
+        return func(*torch.utils._pytree.tree_map(unwrap, args), **torch.utils._pytree.tree_map(unwrap, kwargs or {}))
+
+
+@pytest.mark.parametrize("regional", [False, True])
+def test_untraceable_subclass_fails_in_compile(regional):
+    model = MODELS["flux"].build()
+    for block in model.single_transformer_blocks:
+        w = block.attn.to_q.weight.detach()
+        del block.attn.to_q.weight
+        block.attn.to_q.weight = _Opaque(w)
+    with pytest.raises(dit_cache_fx.UnsupportedWeightsError, match=r"regional=True.*__tensor_flatten__|"
+                       r"__tensor_flatten__.*regional=True") as e:
+        dit_cache_fx.compile(model, cache="F1B0", regional=regional)
+    assert "single_transformer_blocks.0.attn.to_q.weight (_Opaque)" in str(e.value)
+    assert isinstance(e.value, dit_cache_fx.DitCacheError)
+
+
+def test_subclass_spec_round_trip():
+    """The spec's leaves rebuild an equal subclass (what each cond branch does)."""
+    from dit_cache_fx.passes.rewrite import _rebuilder
+
+    lin = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    quantize_(lin, CONFIGS["int8_weight_only"])
+    w = lin[0].weight
+    spec = subclass_spec(w)
+    leaves = []
+    for path in spec.leaves():
+        v = w
+        for name in path:
+            v = getattr(v, name)
+        leaves.append(v)
+    assert all(type(x) is torch.Tensor for x in leaves)
+    rebuilt = _rebuilder(spec)(*leaves)
+    assert type(rebuilt) is type(w)
+    x = torch.randn(4, 32)
+    assert torch.equal(torch.nn.functional.linear(x, rebuilt), torch.nn.functional.linear(x, w))
