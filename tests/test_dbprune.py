@@ -3,6 +3,8 @@
 and the compiled per-block conds against the oracle (0 graph breaks, one graph across steps and generations).
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -191,3 +193,32 @@ def test_configure_cannot_switch_technique(compiled_runs):
     dit_cache_fx.configure(compiled, dynamic_prune_threshold_relax_ratio=1.3)
     assert handle(compiled).store.configs[next(iter(handle(compiled).store.configs))] == as_config(
         GOLDEN["flux_r"][3]).replace(dynamic_prune_threshold_relax_ratio=1.3)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "regional"])
+def test_dynamic_and_regional_equal_cache_dit(mode):
+    """`dynamic=True` (also at a second resolution, without recompiling) and `regional=True` decide as cache-dit."""
+    key, steps, cfg, spec, calls, cached, _, pruned_blocks, _, ratio, sums = GOLDEN["flux_dyn"]
+    m = MODELS[key]
+    torch._dynamo.reset()
+    kwargs = dict(dynamic=True) if mode == "dynamic" else dict(regional=True)
+    compiled = dit_cache_fx.compile(m.build(), cache=spec, fullgraph=True, **kwargs)
+    with torch._dynamo.config.patch(error_on_recompile=mode == "regional"):
+        outs = run_loop(compiled, m, steps=steps, cfg=cfg)
+    s = dit_cache_fx.summary(compiled)
+    assert _compiled_calls(s, steps, cfg) == calls and s.pruned_blocks == pruned_blocks
+    assert [o.double().sum().item() for o in outs] == pytest.approx(sums, rel=1e-5, abs=1e-3)
+    if mode == "regional":
+        assert {g.outer for g in handle(compiled).graphs} == {"python"}
+        return
+    # another image size: the same graph, a fresh per-shape state, the oracle's decisions
+    small = dataclasses.replace(m, make_inputs=lambda g: {**m.make_inputs(g), "hidden_states": torch.randn(
+        1, 48, 16, generator=g), "img_ids": torch.rand(48, 3, generator=g)})
+    model = m.build()
+    ora = reference.EagerDBPrune.single(model, as_config(spec), m.blocks, m.pattern)
+    refs = run_loop(model, small, steps=steps)
+    ora.remove()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outs = run_loop(compiled, small, steps=steps)
+    assert dit_cache_fx.summary(compiled).pruned_blocks == ora.pruned_blocks()
+    assert max_rel_err(outs, refs) <= 1e-5 and len(handle(compiled).graphs) == 1
