@@ -143,9 +143,10 @@ def explain(module: torch.nn.Module, *args: Any, **kwargs: Any) -> ExplainReport
     gm = rec.gm
     branch_code = {}
     if gm is not None:
-        for r in rec.regions:
-            for kind in ("compute", "cached"):
-                branch_code[f"{r.rid}_{kind}"] = getattr(gm, f"{r.rid}_{kind}").code
+        rids = tuple(f"{r.rid}_" for r in rec.regions)  # DBPrune: a cond per block, `r0_b3_compute`
+        for name, child in gm.named_children():
+            if name.startswith(rids) and name.endswith(("_compute", "_cached")):
+                branch_code[name] = child.code
     return ExplainReport(type(getattr(module, "_orig_mod", module)).__name__, str(handle.specs), graphs, breaks,
                          reasons, runs, rejected, skipped, regions, main.code, branch_code, len(handle.graphs),
                          _compilation(handle))

@@ -111,7 +111,8 @@ class CacheSummary:
                   "|---" * 10 + "|"]
         for r in self.regions.values():
             for b, st in r.branches.items():
-                d = sorted(st.residual_diffs.values())
+                d = sorted(st.residual_diffs.values()) or sorted(  # DBPrune: every block's recorded diffs
+                    x for v in st.block_diffs.values() for x in v if x >= 0)
                 q = [_pct(d, p) for p in (0, 25, 50, 75, 95, 100)]
                 lines.append(f"| {r.name} | {'cond' if b == 0 else 'uncond'} | {len(st.cached_steps)}/{self.num_steps} | "
                              f"{st.cached_steps} | " + " | ".join(q) + " |")
