@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .api import compile, configure, release, reset
-    from .config import CacheConfig, RunSpecs
+    from .config import CacheConfig, DBPruneConfig, RunSpecs
     from .errors import (
         CachePlanError,
         DitCacheError,
@@ -27,14 +27,14 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "compile": "api", "configure": "api", "release": "api", "reset": "api",
-    "CacheConfig": "config", "RunSpecs": "config",
+    "CacheConfig": "config", "DBPruneConfig": "config", "RunSpecs": "config",
     "CachePlanError": "errors", "DitCacheError": "errors", "InferenceOnlyError": "errors", "NoBlockRunError": "errors",
     "ShapeChangedError": "errors", "UnsupportedWeightsError": "errors",
     "ExplainReport": "explain", "explain": "explain",
     "BranchStats": "summary", "CacheSummary": "summary", "RegionSummary": "summary", "summary": "summary",
 }
 __all__ = [
-    "BranchStats", "CacheConfig", "CachePlanError", "CacheSummary", "DitCacheError", "ExplainReport",
+    "BranchStats", "CacheConfig", "CachePlanError", "CacheSummary", "DBPruneConfig", "DitCacheError", "ExplainReport",
     "InferenceOnlyError", "NoBlockRunError", "RegionSummary", "RunSpecs", "ShapeChangedError", "UnsupportedWeightsError", "compile",
     "configure", "explain", "release", "reset", "summary",
 ]
