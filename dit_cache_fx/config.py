@@ -391,10 +391,12 @@ def _tokenize(spec: str) -> dict[str, str]:
 def grammar_table() -> str:
     """The spec grammar as a markdown table, generated from the field declarations."""
     rows = ["| token | field | default | changes the graph |", "|---|---|---|---|"]
-    for f in dataclasses.fields(CacheConfig):
+    base = {f.name for f in dataclasses.fields(CacheConfig)}
+    for f in dataclasses.fields(DBPruneConfig):
         tok = f.metadata["token"]
         tok = "`static`/`dynamic`" if f.name == "steps_computation_policy" else (f"`{tok}`" if tok else "-")
-        rows.append(f"| {tok} | `{f.name}` | {f.default!r} | {'yes' if f.metadata['structural'] else 'no'} |")
+        name = f"`{f.name}`" + ("" if f.name in base else " (DBPrune)")
+        rows.append(f"| {tok} | {name} | {f.default!r} | {'yes' if f.metadata['structural'] else 'no'} |")
     return "\n".join(rows)
 
 
