@@ -300,3 +300,30 @@ def test_context_parallel_ranks_prune_together(tmp_path):
     assert r0["pruned"] == r1["pruned"] == r0["oracle"] == {"2": [1, 2, 3, 4, 5], "3": [2, 3, 4, 5], "4": [1],
                                                             "5": [2, 3, 4, 5]}
     assert r0["err"] <= 1e-4 and r1["err"] <= 1e-4
+
+
+def test_mixed_regions_dbprune_and_dbcache():
+    """A mapping spec: Flux's double blocks pruned block by block, its single blocks cached as DBCache; the two
+    oracles side by side on the uncompiled model, the compiled model in one graph."""
+    from torch._dynamo.utils import counters
+
+    m = MODELS["flux"]
+    spec = {"transformer_blocks": "DBPrune_F1B0_W2_R0.1_DT1", "single_transformer_blocks": "F1B0_W2MC2_R1.0"}
+    model = m.build()
+    prune = reference.EagerDBPrune(model, [(["transformer_blocks"], as_config(spec["transformer_blocks"]), 1)])
+    cache = reference.EagerDBCache(model, [(["single_transformer_blocks"], as_config(spec["single_transformer_blocks"]),
+                                            1)])
+    refs = run_loop(model, m, steps=8)
+    prune.remove()
+    cache.remove()
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = dit_cache_fx.compile(model, cache=spec, fullgraph=True)
+    outs = run_loop(compiled, m, steps=8)
+    s = dit_cache_fx.summary(compiled)
+    double, single = s.regions["transformer_blocks[0:2]"], s.regions["single_transformer_blocks[0:4]"]
+    assert double.branches[0].pruned == prune.pruned() == {2: [1], 4: [1], 6: [1]}
+    assert double.pruned_ratio == pytest.approx(3 / 16)
+    assert single.cached_steps == cache.cached_steps() == [2, 3, 5, 6] and single.pruned_ratio is None
+    assert max_rel_err(outs, refs) <= 1e-5
+    assert len(handle(compiled).graphs) == 1 and len(counters["graph_break"]) == 0
