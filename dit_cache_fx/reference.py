@@ -458,6 +458,7 @@ class PruneBranch:
     pruned_blocks: list[int] = field(default_factory=list)  # per call: blocks pruned
     pruned: dict[int, list[int]] = field(default_factory=dict)  # step → the blocks pruned
     diffs: dict[int, list[float]] = field(default_factory=dict)  # step → the diffs recorded, in block order
+    nonfinite_steps: list[int] = field(default_factory=list)  # steps where a block's values were not finite
 
 
 @dataclass
@@ -519,6 +520,9 @@ class EagerDBPrune(EagerDBCache):
     def block_diffs(self, branch: int = 0, region: int = 0) -> dict[int, list[float]]:
         return self.regions[region].branches[branch].diffs
 
+    def nonfinite_steps(self, branch: int = 0, region: int = 0) -> list[int]:
+        return self.regions[region].branches[branch].nonfinite_steps
+
     def pruned_ratio(self, branch: int = 0, region: int = 0) -> float | None:
         r = self.regions[region]
         calls = r.branches[branch].pruned_blocks
@@ -537,15 +541,22 @@ class EagerDBPrune(EagerDBCache):
                 self._begin_call(region)
             st = region.branches[ctx.branch]
             if i in region.prunable:
-                if self._decide_block(region, st, i, h):
+                prune, restart = self._decide_block(region, st, i, h)
+                if prune:
                     res_h, res_e = st.residuals[i]
                     e2 = e + res_e if e is not None and res_e is not None else e
                     out = self._pack(region, h + res_h, e2)
                 else:
                     out = forward(*args, **kwargs)
                     ho, eo = self._unpack(region, out)
-                    st.inputs[i] = h
-                    st.residuals[i] = (ho - h, eo - e if eo is not None and e is not None else None)
+                    res = (ho - h, eo - e if eo is not None and e is not None else None)
+                    if restart or any(r is not None and not bool(torch.isfinite(r).all()) for r in res):
+                        st.inputs.pop(i, None)  # nothing non-finite is kept: the next call computes the block
+                        st.residuals.pop(i, None)
+                        if ctx.step not in st.nonfinite_steps:
+                            st.nonfinite_steps.append(ctx.step)
+                    else:
+                        st.inputs[i], st.residuals[i] = h, res
             else:
                 out = forward(*args, **kwargs)
             if i == len(region.blocks) - 1:
@@ -563,13 +574,17 @@ class EagerDBPrune(EagerDBCache):
         if ctx.branch == 0 and (region.dyn.gen, region.dyn.step) != (ctx.gen, ctx.step):
             region.dyn = DynStats(ctx.gen, ctx.step)
 
-    def _decide_block(self, region: PruneRegion, st: PruneBranch, i: int, h: torch.Tensor) -> bool:
+    def _decide_block(self, region: PruneRegion, st: PruneBranch, i: int, h: torch.Tensor) -> tuple[bool, bool]:
+        """(prune, restart): restart when the block's input or its consulted diff is not finite (it computes
+        and keeps nothing; cache-dit computes too, as its NaN diff never passes, but stores the values)."""
         ctx, c = self.ctx, st.counters
         thr = prune_threshold(region.config, region.dyn, ctx.gen, ctx.step)
         prev = st.inputs.get(i)
         diff: list[float] = []
         prune, consulted = should_prune(region.config, c, ctx.step, prev is not None, thr,
                                         lambda: diff.append(rel_l1(prev, h)) or diff[0])
+        restart = not bool(torch.isfinite(h).all()) or (consulted and thr < 1 and not math.isfinite(diff[0]))
+        prune = prune and not restart
         if consulted:
             value = -1.0 if thr >= 1 else diff[0]  # what cache-dit records
             st.diffs.setdefault(ctx.step, []).append(value)
@@ -585,4 +600,4 @@ class EagerDBPrune(EagerDBCache):
             if first:
                 st.cached_steps.append(ctx.step)
             st.pruned.setdefault(ctx.step, []).append(i)
-        return prune
+        return prune, restart

@@ -206,6 +206,8 @@ def prune_summary(name: str, config, plan, records, gen: float) -> RegionSummary
         if blocks:
             st.cached_steps.append(step)
             st.pruned[step] = blocks
+        if row[_PCOL["nonfinite"]] > 0 and step not in st.nonfinite_steps:
+            st.nonfinite_steps.append(step)
         recorded = [x for x in d if x == x]  # NaN: not consulted
         if recorded:
             st.block_diffs[step] = recorded

@@ -327,3 +327,35 @@ def test_mixed_regions_dbprune_and_dbcache():
     assert single.cached_steps == cache.cached_steps() == [2, 3, 5, 6] and single.pruned_ratio is None
     assert max_rel_err(outs, refs) <= 1e-5
     assert len(handle(compiled).graphs) == 1 and len(counters["graph_break"]) == 0
+
+
+def test_nonfinite_values_are_never_kept():
+    """A NaN in the latents at one step: every prunable block computes and stores nothing of it (cache-dit computes
+    too — its NaN diff never passes — but keeps the NaN input, so the block never prunes again); the next steps
+    compute the blocks afresh and pruning resumes, in the graph as in the oracle."""
+    from toy import ToyDiT
+
+    spec = "DBPrune_F1B0_W2_R1.0"  # threshold >= 1: every consulted block prunes
+
+    def loop(model):
+        x, outs = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1)), []
+        with torch.no_grad():
+            for s in range(8):
+                xs = x.clone()
+                if s == 3:
+                    xs[0, 3, 5] = float("nan")
+                outs.append(model(xs, torch.tensor([1000.0 - 45 * s])))
+        return outs
+
+    model = ToyDiT()
+    ora = reference.EagerDBPrune.single(model, as_config(spec), ["transformer_blocks"], pattern=3)
+    refs = loop(model)
+    ora.remove()
+    torch._dynamo.reset()
+    compiled = dit_cache_fx.compile(model, cache=spec, fullgraph=True)
+    outs = loop(compiled)
+    s = dit_cache_fx.summary(compiled)
+    assert s.nonfinite_steps == ora.nonfinite_steps() == [3]
+    assert s.branches[0].pruned == ora.pruned() == {2: [1, 2, 3], 5: [1, 2, 3], 6: [1, 2, 3], 7: [1, 2, 3]}
+    assert all(torch.isfinite(t).all() for t in handle(compiled).store.states()[0].residuals)
+    assert max_rel_err(outs[4:], refs[4:]) <= 1e-5 and not torch.isfinite(outs[3]).all()

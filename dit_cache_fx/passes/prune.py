@@ -15,12 +15,13 @@ After (`r0` the region, `st` its `layout.PruneState` placeholders, `p` a block's
 
     h1, e1 = <block 0 nodes>(h0, e0, temb, rope, params0)
     prune.begin_call(ctx={...}, policy={...r0 pol...}, state={...r0 st...})
-    pr, b = prune.decide_block(ctx, policy, state, 0, h1, group)       # block 1, slot 0
+    pr, b, restart = prune.decide_block(ctx, policy, state, 0, h1, group)   # block 1, slot 0
     rh, re = prune.pick(r0_st_residuals_0, b, 0), prune.pick(r0_st_residuals_1, b, 0)
     r = cond(pr, r0_b1_cached, r0_b1_compute, (h1, e1, rh, re, temb, rope, params1))
     h2, e2 = r[0].view_as(h1), r[1].view_as(e1)
-    prune.store(r0_st_residuals_0, b, 0, r[2].view_as(rh)); prune.store(r0_st_residuals_1, b, 0, r[3]...)
-    pr, b = prune.decide_block(ctx, policy, state, 1, h2, group)       # block 2, slot 1
+    keep = prune.settle_block(state, b, 0, restart, [r[2].view_as(rh), r[3].view_as(re)], group)
+    prune.store(r0_st_residuals_0, b, 0, r[2].view_as(rh), keep); prune.store(r0_st_residuals_1, ..., keep)
+    pr, b, restart = prune.decide_block(ctx, policy, state, 1, h2, group)   # block 2, slot 1
     ... the same with r0_b2_cached / r0_b2_compute ...
 
     r0_bj_compute: the block's nodes; returns its outputs and their residuals (out − in), flat
@@ -173,7 +174,7 @@ def _rewrite_block(gm: GraphModule, plan: RegionPlan, name: str, slot: int, ctx,
         if first:
             call(prune.begin_call, dict(ctx), dict(pol), dict(state))
         decided = call(prune.decide_block, dict(ctx), dict(pol), dict(state), slot, hidden, group)
-        pruned, branch = call(operator.getitem, decided, 0), call(operator.getitem, decided, 1)
+        pruned, branch, restart = (call(operator.getitem, decided, i) for i in range(3))
         picked = [call(prune.pick, r, branch, slot) for r in residuals]
         n = len(plan.streams)
         safe = _safe_operands(graph, [*(s.region_in for s in plan.streams), *plan.ext_in], new)
@@ -188,8 +189,9 @@ def _rewrite_block(gm: GraphModule, plan: RegionPlan, name: str, slot: int, ctx,
             view = graph.call_method("view_as", (item, like[i]))
             new.append(view)
             outs.append(view)
+        keep = call(prune.settle_block, dict(state), branch, slot, restart, outs[n:], group)
         for k in range(n):
-            call(prune.store, residuals[k], branch, slot, outs[n + k])
+            call(prune.store, residuals[k], branch, slot, outs[n + k], keep)
 
     region = set(plan.nodes)
     for k, s in enumerate(plan.streams):

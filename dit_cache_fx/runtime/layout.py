@@ -206,7 +206,8 @@ COUNTERS = ("gen", "n_cached", "n_cont", "has_anchor", "last_computed", "n_valid
 
 PRUNE_LOG_LEN = 1024
 # per call of a DBPrune region: blocks pruned, diffs consulted (`log_diffs` / `log_pruned` hold each block's)
-PRUNE_LOG_COLUMNS = ("call", "gen", "step", "branch", "pruned", "consulted")
+# nonfinite: blocks whose input, diff or new residuals were not finite (they computed and stored nothing)
+PRUNE_LOG_COLUMNS = ("call", "gen", "step", "branch", "pruned", "consulted", "nonfinite")
 PRUNE_COUNTERS = ("gen", "n_cached", "n_cont", "last_cached", "call_pruned")
 
 

@@ -3,10 +3,11 @@
 
     begin_call(ctx, policy, state)                    # once per call, before the region's first block
     per prunable block j (slot p):
-        prune, b = decide_block(ctx, policy, state, p, h_in)   # rel-L1 of h_in vs the block's stored input
+        prune, b, restart = decide_block(ctx, policy, state, p, h_in)   # rel-L1 vs the block's stored input
         r_k = pick(state.residuals_k, b, p)                    # its residuals at its last computed step
         ... cond(prune, h_in + r_k, block j; returns the new residuals) ...
-        store(state.residuals_k, b, p, new r_k)
+        keep = settle_block(state, b, p, restart, [new r_k])   # non-finite: nothing of the block is kept
+        store(state.residuals_k, b, p, new r_k, keep)
 
 All of it is tensor math on 0-dim tensors and in-place writes of the state (no host sync, nothing Dynamo
 could guard on). The diff is always computed (one fused reduction) and recorded only where consulted.
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..reference import PRUNE_DYN_DIFFS
-from .diff import residual_sums
+from .diff import reduce_sums, residual_sums
 from .layout import PRUNE_COUNTERS, PRUNE_LOG_COLUMNS, PrunePolicy, StepContext
 from .policy import at
 from .registry import in_graph
@@ -60,7 +61,7 @@ def begin_call(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[st
     state["dyn_step"].copy_(torch.where(cond, step, state["dyn_step"]))
     log, pos = state["log"], state["log_pos"]
     zero = torch.zeros((), dtype=torch.float32, device=log.device)
-    row = torch.stack([c.call.float(), gen.float(), step.float(), b.float(), zero, zero])
+    row = torch.stack([c.call.float(), gen.float(), step.float(), b.float(), zero, zero, zero])
     where = torch.remainder(pos, log.shape[0]).view(1)
     log.index_copy_(0, where, row.view(1, -1))
     state["log_diffs"].index_fill_(0, where, float("nan"))
@@ -99,9 +100,10 @@ def should_prune(policy: PrunePolicy, counters: dict[str, Tensor], step: Tensor,
 
 @in_graph
 def decide_block(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[str, Tensor], slot: int,
-                 h_in: Tensor, group: str | None) -> tuple[Tensor, Tensor]:
+                 h_in: Tensor, group: str | None) -> tuple[Tensor, Tensor, Tensor]:
     """Whether prunable block `slot` is pruned at this call; updates the counters, its stored input, the
-    step's diff statistics and the log in place. Returns (prune: bool[], branch: int64[])."""
+    step's diff statistics and the log in place. Returns (prune: bool[], branch: int64[], restart: bool[] the
+    block's input or consulted diff is not finite: it computes and keeps nothing, for `settle_block`)."""
     c, pol = StepContext(**ctx), PrunePolicy(**policy)
     b, step, gen = c.branch, c.step, c.gen
     index, p = b.view(1), _slot(b, slot)
@@ -113,7 +115,9 @@ def decide_block(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[
     sums = residual_sums(prev, h_in, group)
     diff = sums[0] / sums[1]
     always = thr >= 1
-    prune = static | (consulted & (always | (diff < thr)))
+    # the stored input is finite, so sums[0] is finite exactly when h_in is (on every rank alike)
+    restart = ~torch.isfinite(sums[0]) | (consulted & ~always & ~torch.isfinite(diff))
+    prune = (static | (consulted & (always | (diff < thr)))) & ~restart
     value = torch.where(always, -1.0, diff)
     # the step's statistics for the dynamic threshold: branch 0's first 5 recorded diffs
     seen = consulted & (b == 0)
@@ -127,15 +131,34 @@ def decide_block(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[
            "call_pruned": counters["call_pruned"] + prune.to(torch.int64)}
     for name, v in new.items():
         state[name].index_copy_(0, index, v.view(1))
-    state["inputs"].index_put_((index, p), torch.where(prune, prev, h_in.to(prev.dtype)).unsqueeze(0))
-    state["has_input"].index_put_((index, p), (has | ~prune).view(1))
+    kept = torch.where(restart, torch.zeros_like(prev), h_in.to(prev.dtype))  # always finite
+    state["inputs"].index_put_((index, p), torch.where(prune, prev, kept).unsqueeze(0))
+    state["has_input"].index_put_((index, p), torch.where(prune, has, ~restart).view(1))
     row = _row(state)
     log = state["log"]
     log.index_put_((row, _slot(log, _COL["pruned"])), new["call_pruned"].float().view(1))
     log.index_put_((row, _slot(log, _COL["consulted"])), consulted.float().view(1), accumulate=True)
     state["log_diffs"].index_put_((row, p), torch.where(consulted, value, torch.nan).float().view(1))
     state["log_pruned"].index_put_((row, p), prune.view(1))
-    return prune, b
+    return prune, b, restart
+
+
+@in_graph
+def settle_block(state: dict[str, Tensor], branch: Tensor, slot: int, restart: Tensor, residuals: list[Tensor],
+                 group: str | None) -> Tensor:
+    """After block `slot`'s cond: whether its new residuals may be stored — not when `decide_block` restarted
+    it, nor when one is not finite (on any rank). Then the block has no stored input (the next call computes
+    it) and the call's log row counts it `nonfinite`. Returns keep: bool[]."""
+    bad = torch.stack([~torch.isfinite(r).all() for r in residuals]).any()
+    if group is not None:
+        bad = reduce_sums(bad.float().view(1), group)[0] > 0
+    bad = bad | restart
+    index, p = branch.view(1), _slot(branch, slot)
+    has = state["has_input"]
+    has.index_put_((index, p), (has[index, p].squeeze(0) & ~bad).view(1))
+    log = state["log"]
+    log.index_put_((_row(state), _slot(log, _COL["nonfinite"])), bad.float().view(1), accumulate=True)
+    return ~bad
 
 
 @in_graph
@@ -145,6 +168,9 @@ def pick(stack: Tensor, branch: Tensor, slot: int) -> Tensor:
 
 
 @in_graph
-def store(stack: Tensor, branch: Tensor, slot: int, value: Tensor) -> None:
-    """Write block `slot`'s entry of a per-branch, per-block state tensor, in place."""
+def store(stack: Tensor, branch: Tensor, slot: int, value: Tensor, keep: Tensor | None = None) -> None:
+    """Write block `slot`'s entry of a per-branch, per-block state tensor, in place (zeros where `keep` is
+    False)."""
+    if keep is not None:
+        value = torch.where(keep, value, torch.zeros_like(value))
     stack.index_put_((branch.view(1), _slot(branch, slot)), value.unsqueeze(0).to(stack.dtype))
