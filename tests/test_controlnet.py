@@ -41,7 +41,7 @@ REGIONS = {
     "zimage_controlnet": [(("layers",), 3)], "zimage_controlnet_inpaint": [(("layers",), 3)],
     "sana_controlnet": [(("transformer_blocks",), 2)],
     "hunyuandit_controlnet": [(("blocks",), 2)],
-    "wan_vace": [(("blocks",), 2)],
+    "wan_vace": [(("blocks",), 2)], "wan_vace_every_block": [(("blocks",), 2)],
 }
 TIMESTEP_ARG = {"zimage_controlnet": "t", "zimage_controlnet_inpaint": "t"}
 FAST = {"flux_controlnet", "sd3_controlnet"}

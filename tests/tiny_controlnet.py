@@ -132,6 +132,9 @@ CONTROLNET_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "hunyuandit_cn": ("HunyuanDiT2DControlNetModel", _HUNYUAN_CN),
     # Wan 2.1 VACE: hints after blocks 0 and 2; VACE input = inactive + reactive latents (2 x 4) + 8 x 8 mask = 72
     "wan_vace": ("WanVACETransformer3DModel", {**MODELS["wan"].ctor, "vace_layers": [0, 2], "vace_in_channels": 72}),
+    # a hint after every block: vace_blocks is then a 4-block run too, whose middle blocks' hints are used later
+    "wan_vace_every_block": ("WanVACETransformer3DModel", {**MODELS["wan"].ctor, "vace_layers": [0, 1, 2, 3],
+                                                           "vace_in_channels": 72}),
 }
 
 
@@ -357,6 +360,12 @@ _ENTRIES = [
        _kwargs(_wan_inputs, height=_PX, width=_PX, num_frames=_WAN_FRAMES, guidance_scale=5.0),
        cfg_calls_per_step=2,
        notes="VACE: the hints come from vace_blocks inside the transformer's own forward, added after blocks 0 and 2"),
+    _P("wan_vace_every_block", _builder("WanVACEPipeline", _wan_sched, lambda: dict(
+           transformer=_model("wan_vace_every_block", 0, unzero=True), vae=_vae_wan())),
+       _kwargs(_wan_inputs, height=_PX, width=_PX, num_frames=_WAN_FRAMES, guidance_scale=5.0),
+       cfg_calls_per_step=2,
+       notes="VACE with a hint after each of the 4 blocks: vace_blocks[0:4] is found as a run but not cached (its "
+             "middle blocks' hints are read later), blocks[0:4] is"),
 ]
 
 CONTROLNET_PIPELINES: dict[str, TinyPipeline] = {p.name: p for p in _ENTRIES}
