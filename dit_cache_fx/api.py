@@ -90,10 +90,14 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     if specs.enabled:
         check_block_lists(module, specs)
         check_block_tensors(module)
+        check_offload_hooks(module)
     group = _compat.group_name(process_group) if process_group is not None else _compat.context_parallel_group(module)
     handle = CacheHandle(specs, forward_signature(module), StateStore(specs.step_config.enable_separate_cfg, max_shapes),
                          on_no_blocks, options, torch_compile_kwargs["dynamic"], group=group, regional=regional,
-                         block_modules=_block_modules(module))
+                         block_modules=_block_modules(module),
+                         list_sizes={name: n for name, (n, _) in block_lists(module).items()})
+    if specs.enabled:
+        handle.check_hooks = functools.partial(check_offload_hooks, module)
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
@@ -203,6 +207,7 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module):
                 "the cache is for inference only (its graphs run without autograd: the outputs would carry no "
                 "gradient). Call it under torch.no_grad() or torch.inference_mode() (diffusers pipelines do), or "
                 "detach the inputs; to train, use the uncompiled model")
+        hooks_outside(module)
         call = handle.begin_call(args, kwargs)
         if call.name is not None and call.hint < 0 and handle.specs.enabled:
             return _unknown_call(handle, module, call.name, args, kwargs)
@@ -217,6 +222,35 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module):
         return out
 
     return forward
+
+
+def hooks_outside(module: torch.nn.Module) -> None:
+    """A forward installed on the model instance by a hook (accelerate's `cpu_offload_with_hook`, which
+    `pipe.enable_model_cpu_offload()` adds; diffusers' hook registry on the model itself) runs outside the
+    compiled code: Dynamo skips its frame (its pre/post hooks run eagerly) and compiles the model's own forward
+    it calls, so the hook neither breaks the graph nor hides the model's inputs. Checked at every call, so a
+    hook added after `compile` is handled too; accelerate's `remove_hook_from_module` still restores the
+    model's forward."""
+    hooked = module.__dict__.get("forward")
+    if hooked is None or getattr(hooked, "_dit_cache_fx_outside", False):
+        return
+    hook = module.__dict__.get("_hf_hook")  # accelerate's: its callbacks run eagerly, whole
+    for name in ("pre_forward", "post_forward") if hook is not None else ():
+        fn = getattr(hook, name, None)
+        if callable(fn) and not getattr(fn, "_dit_cache_fx_outside", False):
+            eager = torch.compiler.disable(fn)
+            eager._dit_cache_fx_outside = True
+            setattr(hook, name, eager)
+    if getattr(hooked, "__func__", None) is type(module).forward:  # the model's own forward, bound: compile it
+        return
+    if isinstance(hooked, functools.partial):  # the hook's own function is the frame to skip
+        outside = functools.partial(torch.compiler.disable(hooked.func, recursive=False), *hooked.args,
+                                    **hooked.keywords)
+    else:
+        outside = torch.compiler.disable(hooked, recursive=False)
+    functools.update_wrapper(outside, hooked)
+    outside._dit_cache_fx_outside = True
+    module.forward = outside
 
 
 def _requires_grad(x: Any) -> bool:
@@ -268,6 +302,7 @@ def _end_call(handle: CacheHandle, call) -> None:
         return
     handle.checked = True
     if handle.regions:
+        _warn_shrunken(handle)
         return
     msg = "dit_cache_fx found no cacheable run of repeated transformer blocks in the traced model"
     why = list(dict.fromkeys([f"{r.name}: {r.reason}" for g in handle.graphs for r in g.record.rejected]
@@ -292,6 +327,19 @@ def _end_call(handle: CacheHandle, call) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # block lists known before tracing
+
+
+def _warn_shrunken(handle: CacheHandle) -> None:
+    """A region that covers fewer blocks than its block lists hold is never silent: one warning."""
+    short = {}
+    for r in handle.regions:
+        covered, listed = handle.coverage(r.plan.run)
+        if covered < listed:
+            short[r.plan.name] = (covered, listed)
+    if short:
+        text = "; ".join(f"{name} covers {c} of the {n} blocks in its lists" for name, (c, n) in short.items())
+        warnings.warn(f"dit_cache_fx: {text}: the run of blocks stopped early, so the rest are never cached; "
+                      "dit_cache_fx.explain(model) names what stopped it", stacklevel=4)
 
 
 def block_lists(module: torch.nn.Module) -> dict[str, tuple[int, type]]:
@@ -330,21 +378,6 @@ def check_block_lists(module: torch.nn.Module, specs: RunSpecs) -> None:
                                  f"blocks to cache in {where}: need Fn + Bn < {n}, e.g. cache='F1B0'")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# runtime control
-
-
-def compiled_modules(obj: Any) -> dict[str, torch.nn.Module]:
-    """The modules compiled by dit_cache_fx behind `obj`: itself, or a pipeline's compiled denoisers (by
-    attribute)."""
-    if is_pipeline(obj):
-        found = {a: m for a, m in denoisers(obj).items() if _HANDLE_ATTR in m.__dict__}
-        if not found:
-            raise TypeError(f"no denoiser of {type(obj).__name__} was compiled by dit_cache_fx.compile")
-        return found
-    handle_of(obj)
-    return {"": obj}
-
 def opaque_block_tensors(module: torch.nn.Module) -> dict[str, type]:
     """Parameters and buffers inside the block lists that are tensor subclasses with their own
     `__torch_dispatch__` but without the `__tensor_flatten__` protocol (by name: their type)."""
@@ -370,6 +403,53 @@ def check_block_tensors(module: torch.nn.Module) -> None:
             "and with regional=True alike; use a subclass that implements the protocol (torchao's quantized "
             "tensors do), or dequantize the weights")
 
+
+def offload_hooks(module: torch.nn.Module) -> dict[str, str]:
+    """Offloading hooks on the model's submodules (by module name: what installed them). The model's own
+    top-level hook (model CPU offload) is not one of them: it runs outside the compiled code."""
+    out = {}
+    for name, m in module.named_modules():
+        registry = m.__dict__.get("_diffusers_hook")
+        hooks = getattr(registry, "hooks", {}) or {}
+        if any("group_offloading" in h for h in hooks):
+            out[name or "<model>"] = "diffusers group offloading (enable_group_offload)"
+        elif name and m.__dict__.get("_hf_hook") is not None:
+            out[name] = "accelerate per-module hooks (enable_sequential_cpu_offload, or a device_map)"
+    return out
+
+
+def check_offload_hooks(module: torch.nn.Module) -> None:
+    """Offloading hooks that move weights around each block or layer run in `torch.compiler.disable`d code:
+    Dynamo breaks the graph at every block, so no graph holds a run of blocks to cache. Fail naming them."""
+    from .errors import OffloadError
+
+    found = offload_hooks(module)
+    if found:
+        kinds = sorted(set(found.values()))
+        names = ", ".join(list(found)[:3]) + (", ..." if len(found) > 3 else "")
+        raise OffloadError(
+            f"dit_cache_fx: {type(module).__name__} has {' and '.join(kinds)} on {len(found)} modules ({names}). "
+            "Its onload/offload hooks run around every block or layer outside the compiled code, so Dynamo breaks "
+            "the graph at each block and no graph holds a run of blocks to cache. Use model offloading instead: "
+            "pipe.enable_model_cpu_offload() before or after dit_cache_fx.compile (the whole transformer moves "
+            "once per call; its hook runs outside the compiled graph); or remove the hooks first "
+            "(build the transformer again without enable_group_offload; pipe.remove_all_hooks() for accelerate's)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# runtime control
+
+
+def compiled_modules(obj: Any) -> dict[str, torch.nn.Module]:
+    """The modules compiled by dit_cache_fx behind `obj`: itself, or a pipeline's compiled denoisers (by
+    attribute)."""
+    if is_pipeline(obj):
+        found = {a: m for a, m in denoisers(obj).items() if _HANDLE_ATTR in m.__dict__}
+        if not found:
+            raise TypeError(f"no denoiser of {type(obj).__name__} was compiled by dit_cache_fx.compile")
+        return found
+    handle_of(obj)
+    return {"": obj}
 
 
 def handle_of(module: torch.nn.Module) -> CacheHandle:

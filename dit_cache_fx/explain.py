@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import _compat
-from .api import handle_of
+from .api import compiled_modules, handle_of, is_pipeline
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 @dataclass
@@ -110,8 +113,16 @@ class ExplainReport:
         return save_regions(self, path)
 
 
-def explain(module: torch.nn.Module, *args: Any, **kwargs: Any) -> ExplainReport:
-    """Report block runs, regions, the Fn/Mn/Bn split, and (given example inputs) graph breaks."""
+def explain(module: torch.nn.Module | DiffusionPipeline, *args: Any, **kwargs: Any
+            ) -> ExplainReport | dict[str, ExplainReport]:
+    """Report block runs, regions, the Fn/Mn/Bn split, and (given example inputs) graph breaks. A pipeline
+    with several compiled denoisers gives one report per attribute (example inputs: name one denoiser)."""
+    several = compiled_modules(module) if is_pipeline(module) else {}
+    if len(several) > 1:
+        if args or kwargs:
+            raise TypeError(f"{type(module).__name__} has compiled denoisers {sorted(several)}: pass example inputs "
+                            "to explain() of one of them")
+        return {attr: explain(m) for attr, m in several.items()}
     handle = handle_of(module)
     graphs = breaks = None
     reasons: list[str] = []

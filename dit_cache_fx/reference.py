@@ -182,6 +182,7 @@ class Region:
     cached: bool = False  # the current call serves Mn from the cache
     entry: torch.Tensor | None = None
     mn_in: tuple = (None, None)
+    mn_out: tuple = (None, None)  # the streams a cached step hands to the first Bn block
     before: Counters | None = None  # the current branch's counters before this call's decision
     restart: bool = False  # the current call restarts the branch's stacks (non-finite values)
     shapes: tuple = ()  # the last two distinct shapes of the hidden stream at the region's entry
@@ -295,7 +296,25 @@ class EagerDBCache:
             return out[1], out[0]
         return (out[0] if isinstance(out, tuple) else out), None
 
+    @staticmethod
+    def _replace(region: Region, args, kwargs, h, e):
+        """`args`, `kwargs` of a block call with its streams replaced by `h`, `e` (the inverse of `_streams`)."""
+        args, kwargs = list(args), dict(kwargs)
+        for key, pos, v in (("hidden_states", 0, h), ("encoder_hidden_states", 1, e)):
+            if v is None or (pos == 1 and region.pattern not in (0, 1, 2)):
+                continue
+            if key in kwargs:
+                kwargs[key] = v
+            else:
+                args[pos] = v
+        return tuple(args), kwargs
+
     def _wrap(self, region: Region, i: int, forward):
+        """Block i's forward under the cache. Glue (what the model does to the streams between block i and
+        i + 1, e.g. adding ControlNet samples) belongs to block i: the decision reads the streams entering
+        the first Mn block, the Mn residual is what enters the first Bn block minus what entered Mn, and on a
+        cached step the first Bn block gets the cached output whatever the skipped blocks' glue did. (After
+        the run's last block there is no block to see glue at: with Bn = 0 it runs after the forecast.)"""
         def run(*args, **kwargs):
             h, e = self._streams(region, args, kwargs)
             if i == 0:
@@ -304,25 +323,30 @@ class EagerDBCache:
                     region.branches[self.ctx.branch] = BranchState()
                 if not region.shapes or region.shapes[-1] != shape:
                     region.shapes = (*region.shapes[-1:], shape)
+                region.entry = h
             st = region.branches[self.ctx.branch]
+            if i == region.first_mn:
+                region.cached = self._decide(region, st, h - region.entry)
+                region.mn_in = (h, e)
+            if i == region.last_mn + 1:  # the first Bn block
+                if region.cached:
+                    args, kwargs = self._replace(region, args, kwargs, *region.mn_out)
+                else:
+                    self._store(region, st, h, e)
+                    self._settle(region, st, self.ctx.step)
             if region.first_mn <= i <= region.last_mn and region.cached:
+                h, e = region.mn_in
                 if i < region.last_mn:
                     return self._pack(region, h, e)  # skipped: pass the streams through
                 k = float(self.ctx.step - st.counters.last_computed)
                 h2 = self._forecast(region, st, 0, h, k)
                 e2 = self._forecast(region, st, 1, e, k) if e is not None and st.factors[1] is not None else e
                 self._settle(region, st, self.ctx.step)  # a forecast that advances the stack (FoCa) may overflow
+                region.mn_out = (h2, e2)
                 return self._pack(region, h2, e2)
-            if i == 0:
-                region.entry = h
-            if i == region.first_mn:
-                region.mn_in = (h, e)
             out = forward(*args, **kwargs)
-            ho, eo = self._unpack(region, out)
-            if i == region.first_mn - 1:
-                region.cached = self._decide(region, st, ho - region.entry)
-            if i == region.last_mn:
-                self._store(region, st, ho, eo)
+            if i == region.last_mn == len(region.blocks) - 1:  # Bn = 0: the run's output
+                self._store(region, st, *self._unpack(region, out))
                 self._settle(region, st, self.ctx.step)
             return out
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from .api import handle_of
+from .api import compiled_modules, handle_of, is_pipeline
 from .config import CacheConfig
 from .passes.prune import PrunePlan
 from .runtime.layout import LOG_COLUMNS, PRUNE_LOG_COLUMNS
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 _COL = {name: i for i, name in enumerate(LOG_COLUMNS)}
 
@@ -134,8 +138,12 @@ def _pct(sorted_vals: list[float], p: float) -> str:
     return f"{sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (k - lo):.3f}"
 
 
-def summary(module: torch.nn.Module) -> CacheSummary:
-    """Cached steps and residual diffs of the latest generation, per region (one host sync per state)."""
+def summary(module: torch.nn.Module | DiffusionPipeline) -> CacheSummary | dict[str, CacheSummary]:
+    """Cached steps and residual diffs of the latest generation, per region (one host sync per state). A
+    pipeline with several compiled denoisers (Wan 2.2's two experts) gives one summary per attribute."""
+    several = compiled_modules(module) if is_pipeline(module) else {}
+    if len(several) > 1:
+        return {attr: summary(m) for attr, m in several.items()}
     handle = handle_of(module)
     store = handle.store
     regions = {r.plan.name: r.plan for r in handle.regions}

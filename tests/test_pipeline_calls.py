@@ -104,3 +104,35 @@ def test_threads_keep_their_own_generations():
     # the dead threads' states go at the next new thread; release frees everything
     dit_cache_fx.release(compiled)
     assert handle(compiled).store.threads == {}
+
+
+def test_wan22_two_experts_through_the_pipeline_form():
+    """`compile(pipe)` compiles both experts; each counts its own steps; summary/explain give one per expert."""
+    torch._dynamo.reset()
+    p = PIPELINES["wan22"]
+    pipe = p.build()
+    ref = pipe(**p.call_kwargs(4))[0]
+    dit_cache_fx.compile(pipe, cache="F1B0_W1_R0")
+    assert set(dit_cache_fx.api.compiled_modules(pipe)) == {"transformer", "transformer_2"}
+    for _ in range(2):  # the second call is a new generation for both experts
+        out = pipe(**p.call_kwargs(4))[0]
+        assert rel_err(out, ref) <= 1e-4
+        s = dit_cache_fx.summary(pipe)
+        assert set(s) == {"transformer", "transformer_2"}
+        assert all(x.separate_cfg for x in s.values())
+        assert s["transformer"].num_steps + s["transformer_2"].num_steps == 4
+    assert set(dit_cache_fx.explain(pipe)) == {"transformer", "transformer_2"}
+
+
+def test_heun_through_the_pipeline_form_counts_steps():
+    """Heun calls the transformer twice per timestep after the first: still one step each, one generation."""
+    torch._dynamo.reset()
+    p = PIPELINES["heun"]
+    pipe = p.build()
+    ref = pipe(**p.call_kwargs(3))[0]
+    dit_cache_fx.compile(pipe, cache="F1B0_W1_R0")
+    for _ in range(2):
+        out = pipe(**p.call_kwargs(3))[0]
+        assert rel_err(out, ref) <= 1e-4
+        s = dit_cache_fx.summary(pipe)
+        assert s.num_steps == p.expected_calls(3) and not s.separate_cfg

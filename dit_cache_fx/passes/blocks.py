@@ -134,7 +134,8 @@ def node_block(node: Node) -> tuple[str, type | None] | None:
 
 
 def find_blocks(gm: GraphModule) -> list[Block]:
-    """Group graph nodes into blocks; stack-less nodes sandwiched inside one block join it."""
+    """Group graph nodes into blocks; stack-less nodes sandwiched inside one block join it, and so does the
+    glue right after a block (`glue_after`)."""
     body = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
     owner = [node_block(n) for n in body]
     for i, o in enumerate(owner):  # e.g. autocast enter/exit inside a block have no module stack
@@ -160,23 +161,93 @@ def find_blocks(gm: GraphModule) -> list[Block]:
             blocks.append(Block(path, cls, tuple(body[i:j])))
             seen.add(path)
         i = j
-    return blocks
+    return [_with_glue(b, blocks[k + 1].nodes[0] if k + 1 < len(blocks) else None) for k, b in enumerate(blocks)]
 
 
-def _flows_into(a: Block, b: Block) -> bool:
-    """True when b reads an output of a, every output of a is read by b or later, and no node between
-    them reads one."""
-    outs = a.outputs
-    b_in = set(b.inputs)
-    if not outs or not any(o in b_in for o in outs):
+# ---------------------------------------------------------------------------------------------------------
+# glue: ops between two blocks that put a side input into the stream (ControlNet samples, VACE hints)
+
+_ADDS = {operator.add, operator.sub, torch.add, torch.sub, "add", "sub"}
+_BY_CONSTANT = {operator.mul, operator.truediv, torch.mul, torch.div, "mul", "div"}
+_KEEPS = {"clip", "clamp", torch.clip, torch.clamp, "contiguous", "to", "float", "half", "bfloat16", "type_as"}
+
+
+def _glue_op(node: Node, stream: Node) -> bool:
+    """`node` keeps `stream`'s shape and is a residual injection (stream ± a tensor that does not depend on
+    it), a scaling by a constant, or an identity-keeping op (clip, cast)."""
+    sig, ssig = value_sig(node), value_sig(stream)
+    if node.op not in ("call_function", "call_method") or sig is None or ssig is None or sig[0] != ssig[0]:
         return False
+    args = node.args
+    if node.target in _KEEPS:
+        return bool(args) and args[0] is stream
+    others = [a for a in args[:2] if a is not stream]
+    if node.target in _ADDS:
+        return stream in args[:2] and len(others) == 1
+    if node.target in _BY_CONSTANT:
+        return args[:1] == (stream,) and len(others) == 1 and not isinstance(others[0], Node)
+    return False
+
+
+def glue_after(block_nodes: tuple[Node, ...], stop: Node | None) -> list[Node]:
+    """The glue of a block: the ops after it (before `stop`, the next block's first node) that replace one
+    of its outputs, each the only reader outside the block of the value it replaces (`_glue_op`); the
+    semantics of cache-dit's ControlNet patches, which move the add into the block. Ops inside another
+    (non-indexed) module, e.g. `norm_out`, are never glue."""
+    inside = set(block_nodes)
+    current = set(outputs_of(block_nodes))
+    glue: list[Node] = []
+    n = block_nodes[-1].next
+    while n is not stop and n.op != "output":
+        reads = [a for a in n.all_input_nodes if a in current]
+        if len(reads) == 1 and node_block(n) is None and not _in_submodule(n) and _glue_op(n, reads[0]) \
+                and all(u is n or u in inside for u in reads[0].users):
+            glue.append(n)
+            inside.add(n)
+            current.discard(reads[0])
+            current.add(n)
+        n = n.next
+    return glue
+
+
+def _in_submodule(node: Node) -> bool:
+    stack = node.meta.get("nn_module_stack") or {}
+    return any(normalize_path(path) for path, _ in stack.values())
+
+
+def _with_glue(block: Block, stop: Node | None) -> Block:
+    glue = glue_after(block.nodes, stop)
+    return Block(block.path, block.cls, block.nodes + tuple(glue)) if glue else block
+
+
+def flow_break(a: Block, b: Block) -> str | None:
+    """Why the outputs of a do not flow straight into b (None when they do): b reads an output of a, every
+    output of a is read by b or later, and no node between them reads one."""
+    outs = a.outputs
     inside_b = set(b.nodes)
     between: set[Node] = set()
     n = a.nodes[-1].next
     while n is not b.nodes[0]:
         between.add(n)
         n = n.next
-    return not any(u in between for o in outs for u in o.users if u not in inside_b)
+    for o in outs:
+        for u in o.users:
+            if u in between and u not in inside_b:
+                return (f"node {u.name} ({_target_name(u)}) between {a.path} and {b.path} reads {a.path}'s output "
+                        f"{o.name} and is not glue (an add of a side input, a scaling by a constant, a clip or "
+                        "cast that is the output's only reader)")
+    if not outs or not set(outs) & set(b.inputs):
+        return f"{b.path} reads no output of {a.path}"
+    return None
+
+
+def _flows_into(a: Block, b: Block) -> bool:
+    return flow_break(a, b) is None
+
+
+def _target_name(node: Node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,7 +256,10 @@ def _flows_into(a: Block, b: Block) -> bool:
 
 _ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul,
                 torch.div, "add", "sub", "mul", "div", "add_", "mul_"}
-_PASSTHROUGH = {"contiguous", "clone", "to", "float", "half", "bfloat16", "type_as", "type", torch.clone}
+_PASSTHROUGH = {"contiguous", "clone", "to", "float", "half", "bfloat16", "type_as", "type", torch.clone,
+                "clip", "clamp", "clip_", "clamp_", torch.clip, torch.clamp}  # fp16 clipping keeps the value
+_RESHAPES = {"view", "reshape", "view_as", "flatten", "unflatten", "squeeze", "unsqueeze", torch.reshape,
+             torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze}  # round trips keep the value
 
 
 def _hint(x) -> int | None:
@@ -227,6 +301,8 @@ def residual_source(out: Node, block_nodes: Collection[Node], candidates: Collec
                      and value_sig(a)[0] == sig[0]]
         elif target in _PASSTHROUGH and args and isinstance(args[0], Node):
             todo.append((args[0], iv))
+        elif target in _RESHAPES and iv is None and args and isinstance(args[0], Node):
+            todo.append((args[0], None))
         elif target is operator.getitem and isinstance(args[0], Node):
             todo += _through_getitem(node, args[0], args[1], iv)
         elif target in (torch.cat, torch.concat, "cat") and iv is not None:
@@ -312,16 +388,20 @@ def _same_position(prev: Block, prev_out: Node, block: Block) -> Node | None:
 # runs
 
 
-def _list_runs(blocks: list[Block]) -> list[list[Block]]:
+def _list_runs(blocks: list[Block]) -> tuple[list[list[Block]], list[Rejected]]:
+    """Chains of consecutive blocks of one list; and, where two consecutive ones do not chain, why."""
     runs: list[list[Block]] = []
+    breaks: list[Rejected] = []
     for blk in blocks:
         prev = runs[-1][-1] if runs else None
-        if prev is not None and prev.container == blk.container and blk.index == prev.index + 1 \
-                and _flows_into(prev, blk):
-            runs[-1].append(blk)
-        else:
-            runs.append([blk])
-    return runs
+        if prev is not None and prev.container == blk.container and blk.index == prev.index + 1:
+            why = flow_break(prev, blk)
+            if why is None:
+                runs[-1].append(blk)
+                continue
+            breaks.append(Rejected(f"{prev.path} -> {blk.path}", why))
+        runs.append([blk])
+    return runs, breaks
 
 
 def _carried(a: Block, b: Block) -> list[Node]:
@@ -411,12 +491,13 @@ def find_runs(gm: GraphModule, hidden_inputs: Collection[Node] = ()) -> tuple[li
             descending from them is `hidden`. Empty: the largest carried stream is `hidden`.
     """
     chained: list[list[Block]] = []
-    for r in _list_runs(find_blocks(gm)):
+    lists, breaks = _list_runs(find_blocks(gm))
+    for r in lists:
         if chained and _chains(chained[-1], r):
             chained[-1].extend(r)
         else:
             chained.append(r)
-    runs, rejected = [], []
+    runs, rejected = [], list(breaks)
     for blocks in chained:
         name = BlockRun(tuple(blocks), ()).name
         if len(blocks) < 2:

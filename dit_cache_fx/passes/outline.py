@@ -120,7 +120,8 @@ def _sites(gm: GraphModule, slots: Mapping[Node, int], fed: set[Node]) -> list[_
         ins, outs = block.inputs, block.outputs
         values = [value_of(n) for n in ins]
         out_values = [value_of(o) for o in outs]
-        if not outs or not all(isinstance(v, torch.Tensor) and _static(v) for v in values):
+        if not outs or not all(isinstance(v, torch.Tensor) and _static(v) for v in values) \
+                or insertion_point(gm.graph, block) is None:
             continue
         if not all(_concrete(value_of(n)) for n in block.nodes):  # symbolic outputs, data-dependent sizes inside
             continue
@@ -128,6 +129,19 @@ def _sites(gm: GraphModule, slots: Mapping[Node, int], fed: set[Node]) -> list[_
         lines = tuple(_input_line(i, v, n in produced) for i, (n, v) in enumerate(zip(ins, values)))
         sites.append(_Site(gm, block, slots, _extract(block.nodes, ins, outs), values, out_values, lines))
     return sites
+
+
+def insertion_point(graph: Graph, block: Block) -> Node | None:
+    """The block node to put the block's call before: the first one after all its inputs exist (glue may
+    read a side input computed after the block's own nodes), provided nothing outside reads an output of the
+    block before it; None if there is no such node."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    last_in = max((order[n] for n in block.inputs), default=-1)
+    at = next((n for n in block.nodes if order[n] > last_in), None)
+    inside = set(block.nodes)
+    if at is None or any(order[u] < order[at] for o in block.outputs for u in o.users if u not in inside):
+        return None
+    return at
 
 
 def _replace(site: _Site, key: int, picks: list[int]) -> None:
@@ -138,7 +152,7 @@ def _replace(site: _Site, key: int, picks: list[int]) -> None:
         results = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in regional.BLOCKS[key].outputs]
     tensors = [n for n in ins if n not in slots]
     where = [slots.get(n, -1) for n in ins]
-    with graph.inserting_before(block.nodes[0]):
+    with graph.inserting_before(insertion_point(graph, block)):
         call = graph.call_function(torch.ops.dit_cache_fx.block.default, (tensors, key, where))
         call.meta["val"] = call.meta["example_value"] = results
         getitems = []
