@@ -148,12 +148,15 @@ def test_controlnet_pipeline(prepared, name):
     assert len(counters["graph_break"]) == 0
 
 
-@pytest.fixture(scope="module")
-def flux_bn0(prepared):
-    """flux_controlnet compiled at Bn=0: the glue after the last middle block is the region's tail."""
+def _bn0_run(d: _Prepared):
+    """The oracle's and the compiled model's runs at SPEC_BN0 (Bn=0: the last block of the run is a middle block)."""
     from torch._dynamo.utils import counters
 
-    d = prepared("flux_controlnet")
+    oracle = EagerDBCache(d.original, [(lists, dit_cache_fx.CacheConfig.parse(SPEC_BN0), pat) for lists, pat in d.regions])
+    try:
+        oracle_out = _call(d.pipe, d.p)
+    finally:
+        oracle.remove()
     counters.clear()
     d.pipe.transformer = compiled = dit_cache_fx.compile(d.original, cache=SPEC_BN0)
     outs = [_call(d.pipe, d.p)]
@@ -161,22 +164,43 @@ def flux_bn0(prepared):
         outs.append(_call(d.pipe, d.p))
     breaks = len(counters["graph_break"])
     d.restore()
-    return d, compiled, outs, breaks
+    return compiled, outs, breaks, oracle, oracle_out
+
+
+@pytest.fixture(scope="module")
+def flux_bn0(prepared):
+    """flux_controlnet compiled at Bn=0 (no ControlNet sample after the single blocks: no glue after the last block)."""
+    d = prepared("flux_controlnet")
+    return (d, *_bn0_run(d))
 
 
 def test_flux_controlnet_bn0(flux_bn0):
-    d, compiled, outs, breaks = flux_bn0
+    d, compiled, outs, breaks, oracle, oracle_out = flux_bn0
     assert breaks == 0
     s = dit_cache_fx.summary(compiled)
-    assert s.cached_steps == [1, 2]
+    assert s.cached_steps == [1, 2] == oracle.cached_steps()
+    assert s.residual_diffs == pytest.approx(oracle.residual_diffs(), rel=1e-3, abs=1e-6)
     for out in outs:
         assert torch.isfinite(out).all()
         assert 1e-5 < rel_err(out, d.ref) < 1.0
+        assert rel_err(out, oracle_out) <= 1e-4
     assert rel_err(outs[1], outs[0]) <= 1e-6  # a new generation: the same caching again
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "glue after the run's last block at Bn=0: the compiled model treats it as that (middle) block's, skipped on "
+    "a cached step (in the stale residual), as cache-dit's ControlNet patches do; the oracle adds it fresh after "
+    "the forecast (reference.EagerDBCache._wrap docstring): outputs differ by ~1%"))
+def test_flux_controlnet_bn0_glue_after_last_block(prepared):
+    d = prepared("flux_controlnet_single")  # single-block samples: samples[1] after single_transformer_blocks.3
+    compiled, outs, breaks, oracle, oracle_out = _bn0_run(d)
+    assert breaks == 0 and dit_cache_fx.summary(compiled).cached_steps == [1, 2] == oracle.cached_steps()
+    assert rel_err(outs[0], oracle_out) <= 1e-4
+
+
 def test_explain_shows_the_controlnet_fed_run(flux_bn0):
-    _, compiled, _, _ = flux_bn0
+    compiled = flux_bn0[1]
     rep = dit_cache_fx.explain(compiled)
     text = str(rep)
     assert len(rep.regions) == 1, text
