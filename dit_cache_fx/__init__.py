@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         DitCacheError,
         InferenceOnlyError,
         NoBlockRunError,
+        OffloadError,
         ShapeChangedError,
         UnsupportedWeightsError,
     )
@@ -29,13 +30,13 @@ _EXPORTS = {
     "compile": "api", "configure": "api", "release": "api", "reset": "api",
     "CacheConfig": "config", "DBPruneConfig": "config", "RunSpecs": "config",
     "CachePlanError": "errors", "DitCacheError": "errors", "InferenceOnlyError": "errors", "NoBlockRunError": "errors",
-    "ShapeChangedError": "errors", "UnsupportedWeightsError": "errors",
+    "OffloadError": "errors", "ShapeChangedError": "errors", "UnsupportedWeightsError": "errors",
     "ExplainReport": "explain", "explain": "explain",
     "BranchStats": "summary", "CacheSummary": "summary", "RegionSummary": "summary", "summary": "summary",
 }
 __all__ = [
     "BranchStats", "CacheConfig", "CachePlanError", "CacheSummary", "DBPruneConfig", "DitCacheError", "ExplainReport",
-    "InferenceOnlyError", "NoBlockRunError", "RegionSummary", "RunSpecs", "ShapeChangedError", "UnsupportedWeightsError", "compile",
+    "InferenceOnlyError", "NoBlockRunError", "OffloadError", "RegionSummary", "RunSpecs", "ShapeChangedError", "UnsupportedWeightsError", "compile",
     "configure", "explain", "release", "reset", "summary",
 ]
 __version__ = "0.2.0"

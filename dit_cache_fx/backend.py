@@ -118,6 +118,7 @@ class CacheHandle:
     warned_ambiguous: bool = False  # "the timesteps cannot show where a generation ends", said once
     checked: bool = False  # the first call's "found something to cache" check is done
     checks_done: int = 0  # calls whose step context was read for `ambiguous`
+    check_hooks: Callable[[], None] | None = None  # raises for offload hooks that split the graph (api)
     _calls: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
@@ -292,6 +293,8 @@ class CacheBackend:
         return f"dit_cache_fx(cache={self.handle.specs})"
 
     def __call__(self, gm: GraphModule, example_inputs: list) -> Callable:
+        if h.check_hooks is not None:  # hooks added after compile: fail before anything runs
+            h.check_hooks()
         h = self.handle
         gm = _compat.copy_dynamo_graph(gm)
         inputs = placeholders(gm)

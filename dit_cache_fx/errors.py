@@ -24,3 +24,8 @@ class InferenceOnlyError(DitCacheError):
 class UnsupportedWeightsError(DitCacheError):
     """A cache region reads tensors the whole-graph mode cannot pass into its `torch.cond` (a tensor subclass
     without the `__tensor_flatten__` protocol); `compile(..., regional=True)` keeps them outside the cond."""
+
+
+class OffloadError(DitCacheError):
+    """Offloading hooks around the model's blocks or layers (diffusers group offloading, accelerate's
+    sequential offload) split the traced graph at every block; model CPU offload works."""
