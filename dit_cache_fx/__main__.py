@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEMO_SETTINGS = "F1B0_W4_R0.12,F2B0_W4MC3_R0.2,F1B0_W4_R0.12_T1"
-QUICK_SETTING = "F1B0_W2_R0.3"
+from .defaults import DEMO_SETTINGS, QUICK_SETTING
 
 
 def _ints(s: str) -> list[int]:

@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+# torch < 2.13 (2.11 checked): `torch.compile` takes no `isolate_recompiles` and no `recompile_limit`; the limit
+# is Dynamo's process-wide `recompile_limit` flag, and the wrappers of one code object share its entries
+_PER_WRAPPER_ARGS = ("isolate_recompiles", "recompile_limit")
+
+
+def torch_compile(fn: Callable, **kwargs: Any) -> Any:
+    """`torch.compile(fn, **kwargs)`, taking torch 2.13's per-wrapper arguments on any supported torch.
+
+    Where `torch.compile` lacks them (torch < 2.13): `isolate_recompiles` is dropped (the wrappers of one model
+    class then count their recompiles together) and `recompile_limit` becomes Dynamo's flag, set only while a
+    call of the compiled wrapper runs (through `DynamoFlags`, so the user's own value returns afterwards)."""
+    import inspect
+
+    params = inspect.signature(torch.compile).parameters
+    missing = {k: kwargs.pop(k) for k in _PER_WRAPPER_ARGS if k in kwargs and k not in params}
+    compiled = torch.compile(fn, **kwargs)
+    limit = missing.get("recompile_limit")
+    if limit is None:
+        return compiled
+    flags = DynamoFlags(recompile_limit=limit)
+    inner = compiled.forward if isinstance(compiled, torch.nn.Module) else compiled
+
+    @functools.wraps(inner)
+    def limited(*args: Any, **kw: Any) -> Any:
+        with flags:
+            return inner(*args, **kw)
+
+    if isinstance(compiled, torch.nn.Module):
+        compiled.forward = limited
+        return compiled
+    return limited
 
 
 def compile_fx(gm: torch.fx.GraphModule, example_inputs: list, options: dict | None = None) -> Callable:
@@ -48,6 +82,21 @@ def dynamo_source_name(node: torch.fx.Node) -> str | None:
     """The Dynamo source expression of a placeholder (e.g. `L['kwargs']['timestep']`), if any."""
     source = getattr(node, "_dynamo_source", None)
     return None if source is None else source.name
+
+
+def module_path(source_path: str) -> str:
+    """A Dynamo `nn_module_stack` source path as a module path: `L['self'].__dict__['_modules']['blocks'][3]
+    .attn` → `blocks.3.attn` (frame root dropped; Dynamo's source-name format, torch 2.11 to 2.15).
+
+    Through diffusers' hooks (context parallel) a module is reached as `L['function_reference'].forward
+    .__self__...` and a hooked block's children as `blocks.0.forward.func.__closure__[0].cell_contents
+    .forward.__self__.attn1`: those hops are dropped too."""
+    p = re.sub(r"^[LG]\[['\"][^'\"]+['\"]\]", "", source_path)
+    p = p.replace(".__dict__['_modules']", "").replace("._modules", "")
+    p = re.sub(r"\[['\"]([^'\"]+)['\"]\]", r".\1", p)
+    p = re.sub(r"\[(\d+)\]", r".\1", p)
+    p = re.sub(r"(^|\.)forward\.(?:func\.__closure__\.\d+\.cell_contents\.forward\.)?__self__", "", p)
+    return p.lstrip(".")
 
 
 def copy_dynamo_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -106,7 +155,7 @@ def count_graphs(fn: Callable, *args, fullgraph: bool = False, **kwargs) -> tupl
         return gm.forward
 
     before = collections.Counter(counters["graph_break"])
-    torch.compile(fn, backend=record, dynamic=False, fullgraph=fullgraph, isolate_recompiles=True)(*args, **kwargs)
+    torch_compile(fn, backend=record, dynamic=False, fullgraph=fullgraph, isolate_recompiles=True)(*args, **kwargs)
     new = collections.Counter(counters["graph_break"]) - before
     return len(graphs), sum(new.values()), list(new)
 
@@ -272,3 +321,28 @@ def is_dispatch_subclass(value: Any) -> bool:
 
     return (isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor)
             and type(value).__torch_dispatch__ is not torch._C._disabled_torch_dispatch_impl)
+
+
+_HOOK_ATTRIBUTES = frozenset({"_hf_hook", "_old_forward"})
+
+
+@functools.cache
+def hook_owning_wrapper() -> type:
+    """`torch.compile`'s module wrapper, except that accelerate's hook attributes (`_hf_hook`, `_old_forward`)
+    set on it stay on it instead of being forwarded to the wrapped module: a hook on the wrapper (model CPU
+    offload added after compiling) runs outside the compiled code, and the wrapped model stays unhooked."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    class HookOwningOptimizedModule(OptimizedModule):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name in _HOOK_ATTRIBUTES:
+                return torch.nn.Module.__setattr__(self, name, value)
+            return super().__setattr__(name, value)
+
+        def __delattr__(self, name: str) -> None:
+            if name in _HOOK_ATTRIBUTES:
+                return torch.nn.Module.__delattr__(self, name)
+            return super().__delattr__(name)
+
+    HookOwningOptimizedModule.__name__ = HookOwningOptimizedModule.__qualname__ = "OptimizedModule"
+    return HookOwningOptimizedModule

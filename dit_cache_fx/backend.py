@@ -259,9 +259,8 @@ def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[
 
 def _frame_children(gm: GraphModule) -> frozenset:
     """The first names of the module paths the graph calls into, relative to the compiled frame's module."""
-    from .passes.blocks import normalize_path
 
-    return frozenset(normalize_path(path).split(".")[0] for n in gm.graph.nodes
+    return frozenset(_compat.module_path(path).split(".")[0] for n in gm.graph.nodes
                      for path, _ in (n.meta.get("nn_module_stack") or {}).values() if path.startswith("L['self']"))
 
 
@@ -293,9 +292,9 @@ class CacheBackend:
         return f"dit_cache_fx(cache={self.handle.specs})"
 
     def __call__(self, gm: GraphModule, example_inputs: list) -> Callable:
+        h = self.handle
         if h.check_hooks is not None:  # hooks added after compile: fail before anything runs
             h.check_hooks()
-        h = self.handle
         gm = _compat.copy_dynamo_graph(gm)
         inputs = placeholders(gm)
         paths = {p: InputPath.of(p) for p in inputs}

@@ -20,7 +20,7 @@ import torch
 
 import dit_cache_fx
 from dit_cache_fx import _compat
-from dit_cache_fx.__main__ import DEMO_SETTINGS
+from dit_cache_fx.defaults import DEMO_SETTINGS
 from dit_cache_fx.digits import NUM_CLASSES, DigitsPipeline, accuracy, load_pipeline
 from dit_cache_fx.digits.metrics import describe_error, generate, psnr
 

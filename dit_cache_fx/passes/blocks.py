@@ -22,16 +22,14 @@ Nothing here edits the graph.
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
 from torch.fx import GraphModule, Node
 
-from .graph_utils import ancestors, inputs_of, outputs_of, value_of, value_sig
-
-_INDEXED = re.compile(r"^(.*)\.(\d+)$")
+from .. import _compat
+from .graph_utils import INDEXED, ancestors, inputs_of, node_block, outputs_of, value_of, value_sig
 
 
 @dataclass(frozen=True)
@@ -42,11 +40,11 @@ class Block:
 
     @property
     def container(self) -> str:
-        return _INDEXED.match(self.path).group(1)
+        return INDEXED.match(self.path).group(1)
 
     @property
     def index(self) -> int:
-        return int(_INDEXED.match(self.path).group(2))
+        return int(INDEXED.match(self.path).group(2))
 
     @property
     def inputs(self) -> list[Node]:
@@ -107,30 +105,6 @@ class Rejected:
 
 # ---------------------------------------------------------------------------------------------------------
 # blocks
-
-
-def normalize_path(source_path: str) -> str:
-    """`L['self'].__dict__['_modules']['blocks'][3].attn` → `blocks.3.attn` (frame root dropped).
-
-    Through diffusers' hooks (context parallel) a module is reached as `L['function_reference'].forward
-    .__self__...` and a hooked block's children as `blocks.0.forward.func.__closure__[0].cell_contents
-    .forward.__self__.attn1`: those hops are dropped too."""
-    p = re.sub(r"^[LG]\[['\"][^'\"]+['\"]\]", "", source_path)
-    p = p.replace(".__dict__['_modules']", "").replace("._modules", "")
-    p = re.sub(r"\[['\"]([^'\"]+)['\"]\]", r".\1", p)
-    p = re.sub(r"\[(\d+)\]", r".\1", p)
-    p = re.sub(r"(^|\.)forward\.(?:func\.__closure__\.\d+\.cell_contents\.forward\.)?__self__", "", p)
-    return p.lstrip(".")
-
-
-def node_block(node: Node) -> tuple[str, type | None] | None:
-    """The outermost indexed module (`<list>.<i>`) on the node's module stack, if any."""
-    stack = node.meta.get("nn_module_stack") or {}
-    for path, cls in stack.values():
-        p = normalize_path(path)
-        if _INDEXED.match(p):
-            return p, cls
-    return None
 
 
 def find_blocks(gm: GraphModule) -> list[Block]:
@@ -212,7 +186,7 @@ def glue_after(block_nodes: tuple[Node, ...], stop: Node | None) -> list[Node]:
 
 def _in_submodule(node: Node) -> bool:
     stack = node.meta.get("nn_module_stack") or {}
-    return any(normalize_path(path) for path, _ in stack.values())
+    return any(_compat.module_path(path) for path, _ in stack.values())
 
 
 def _with_glue(block: Block, stop: Node | None) -> Block:

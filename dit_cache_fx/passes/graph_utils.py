@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import torch
 from torch.fx import GraphModule, Node
 
 from .. import _compat
+
+INDEXED = re.compile(r"^(.*)\.(\d+)$")  # `<list>.<i>`: a module of a block list
+
+
+def node_block(node: Node) -> tuple[str, type | None] | None:
+    """The outermost indexed module (`<list>.<i>`) on the node's module stack, if any."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for path, cls in stack.values():
+        p = _compat.module_path(path)
+        if INDEXED.match(p):
+            return p, cls
+    return None
 
 
 def value_of(node: Node):
@@ -85,8 +98,6 @@ def check_graph(gm: GraphModule, regions: dict[str, set[str]] | None = None, new
     - `regions` (cond branch attribute → the block paths of its Mn): each such cond exists exactly once,
       and no node outside its compute branch belongs to one of those blocks.
     """
-    from .blocks import node_block
-
     gm.graph.lint()
     for n in new:
         if n.op not in ("output", "get_attr") and not ({"val", "example_value"} & n.meta.keys()):
