@@ -101,7 +101,9 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
-    compiled.forward = _forward(handle, compiled.forward, module)
+    compiled.__class__ = _compat.hook_owning_wrapper()  # accelerate's hook attributes stay on the wrapper
+    compiled.forward = _forward(handle, compiled.forward, module, compiled)
+    move_model_hook(module, compiled)  # model CPU offload enabled before compile: its hook goes outside
     if callable(getattr(module, "cache_context", None)):  # diffusers' `CacheMixin`: the pipeline names its calls
         compiled.__dict__["cache_context"] = _naming(handle, module.cache_context)
     return compiled
@@ -134,6 +136,9 @@ def _compile_pipeline(pipe: Any, cache: CacheArg, **kwargs: Any) -> Any:
             raise CachePlanError(f"pipe.{attr} is already compiled by dit_cache_fx; compile the pipeline or its "
                                  "transformer, not both")
         compiled = compile(m, cache, **kwargs)
+        for hook in getattr(pipe, "_all_hooks", None) or ():  # model CPU offload's bookkeeping follows the move
+            if getattr(hook, "model", None) is m:
+                hook.model = compiled
         compiled.__dict__[_HANDLE_ATTR].marks_generations = True
         setattr(pipe, attr, compiled)
     pipe.__class__ = _marking_class(type(pipe))
@@ -192,7 +197,7 @@ def forward_signature(module: torch.nn.Module) -> inspect.Signature:
     return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
-def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module):
+def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module, compiled: torch.nn.Module):
     failed = _compat.backend_compiler_failed()
     # while Dynamo traces: data-dependent ops (`nonzero`, `.item()`) stay in the graph instead of breaking it,
     # so the blocks around them stay in one graph (Mochi's attention); with dynamic shapes module float
@@ -207,6 +212,8 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module):
                 "the cache is for inference only (its graphs run without autograd: the outputs would carry no "
                 "gradient). Call it under torch.no_grad() or torch.inference_mode() (diffusers pipelines do), or "
                 "detach the inputs; to train, use the uncompiled model")
+        if move_model_hook(module, compiled):  # added to the model after compile: now on the wrapper, run it
+            return compiled(*args, **kwargs)
         hooks_outside(module)
         call = handle.begin_call(args, kwargs)
         if call.name is not None and call.hint < 0 and handle.specs.enabled:
@@ -224,23 +231,31 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module):
     return forward
 
 
+def move_model_hook(module: torch.nn.Module, compiled: torch.nn.Module) -> bool:
+    """accelerate's hook on the model itself (`pipe.enable_model_cpu_offload()` before `compile`, or on the
+    original module after it) moves to the compiled wrapper, where it runs outside the compiled code, exactly
+    as when offloading is enabled on the compiled module; the model's own forward is compiled. Returns whether
+    a hook was moved."""
+    hook = module.__dict__.get("_hf_hook")
+    if hook is None or "_old_forward" not in module.__dict__:
+        return False
+    from accelerate.hooks import add_hook_to_module, remove_hook_from_module
+
+    remove_hook_from_module(module)
+    if getattr(module.__dict__.get("forward"), "__func__", None) is type(module).forward:
+        del module.forward  # the bound forward accelerate restores: the class's own, as before hooking
+    add_hook_to_module(compiled, hook)
+    return True
+
+
 def hooks_outside(module: torch.nn.Module) -> None:
-    """A forward installed on the model instance by a hook (accelerate's `cpu_offload_with_hook`, which
-    `pipe.enable_model_cpu_offload()` adds; diffusers' hook registry on the model itself) runs outside the
-    compiled code: Dynamo skips its frame (its pre/post hooks run eagerly) and compiles the model's own forward
-    it calls, so the hook neither breaks the graph nor hides the model's inputs. Checked at every call, so a
-    hook added after `compile` is handled too; accelerate's `remove_hook_from_module` still restores the
-    model's forward."""
+    """Another forward installed on the model instance (diffusers' hook registry on the model itself;
+    accelerate's moves to the wrapper, `move_model_hook`) runs outside the compiled code: Dynamo skips its frame
+    and compiles the model's own forward it calls, so the hook neither breaks the graph nor hides the model's
+    inputs. Checked at every call, so a hook added after `compile` is handled too."""
     hooked = module.__dict__.get("forward")
     if hooked is None or getattr(hooked, "_dit_cache_fx_outside", False):
         return
-    hook = module.__dict__.get("_hf_hook")  # accelerate's: its callbacks run eagerly, whole
-    for name in ("pre_forward", "post_forward") if hook is not None else ():
-        fn = getattr(hook, name, None)
-        if callable(fn) and not getattr(fn, "_dit_cache_fx_outside", False):
-            eager = torch.compiler.disable(fn)
-            eager._dit_cache_fx_outside = True
-            setattr(hook, name, eager)
     if getattr(hooked, "__func__", None) is type(module).forward:  # the model's own forward, bound: compile it
         return
     if isinstance(hooked, functools.partial):  # the hook's own function is the frame to skip
