@@ -285,6 +285,20 @@ def group_name(group: Any) -> str:
     return group if isinstance(group, str) else group.group_name
 
 
+def wrap_triton(kernel: Any) -> Any:
+    """`torch.library.wrap_triton(kernel)`: a Triton kernel launch that torch.compile can trace.
+
+    torch < 2.13 (2.11 checked): `wrap_triton` rejects the `InterpretedFunction` that `triton.jit` makes under
+    `TRITON_INTERPRET=1`; torch 2.13 hands it back to be launched eagerly, as this does."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - a triton without the interpreter
+        InterpretedFunction = ()  # noqa: N806
+    if isinstance(kernel, InterpretedFunction):
+        return kernel
+    return torch.library.wrap_triton(kernel)
+
+
 @contextlib.contextmanager
 def quiet_triton_probe() -> Iterator[None]:
     """Without triton installed, `torch.library.triton_op` logs "Triton not available" once per op it

@@ -98,7 +98,7 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
                          list_sizes={name: n for name, (n, _) in block_lists(module).items()})
     if specs.enabled:
         handle.check_hooks = functools.partial(check_offload_hooks, module)
-    compiled = torch.compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
+    compiled = _compat.torch_compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
     compiled.__class__ = _compat.hook_owning_wrapper()  # accelerate's hook attributes stay on the wrapper

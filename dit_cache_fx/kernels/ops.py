@@ -138,9 +138,9 @@ def _l1_sums_triton(prev: Tensor, cur: Tensor, out: Tensor | None = None, *, blo
     # per program: partial[0] = Σ|prev - cur|, partial[1] = Σ|prev|
     partial = torch.empty((2, n_programs), dtype=torch.float32, device=prev.device)
     out = _out(out, prev, torch.Size((2,)), torch.float32)
-    torch.library.wrap_triton(_triton.l1_sums_partial_kernel)[(n_programs,)](
+    _compat.wrap_triton(_triton.l1_sums_partial_kernel)[(n_programs,)](
         prev, cur, partial, n, BLOCK=block)
-    torch.library.wrap_triton(_triton.l1_sums_finish_kernel)[(1,)](
+    _compat.wrap_triton(_triton.l1_sums_finish_kernel)[(1,)](
         partial, out, n_programs, BLOCK=triton.next_power_of_2(max_programs))
     return out
 
@@ -151,7 +151,7 @@ def _taylor_update_triton(factors: Tensor, value: Tensor, gap: Tensor, n_valid: 
     factors, value = factors.contiguous(), value.contiguous()
     n = value.numel()
     out = _out(out, factors, factors.shape, factors.dtype)
-    torch.library.wrap_triton(_triton.taylor_update_kernel)[(max(1, triton.cdiv(n, block)),)](
+    _compat.wrap_triton(_triton.taylor_update_kernel)[(max(1, triton.cdiv(n, block)),)](
         factors, value, gap, n_valid, out, n, ORDER=factors.shape[0] - 1, BLOCK=block)
     return out
 
@@ -162,7 +162,7 @@ def _taylor_forecast_triton(base: Tensor, factors: Tensor, k: Tensor, out: Tenso
     base, factors = base.contiguous(), factors.contiguous()
     n = base.numel()
     out = _out(out, base, base.shape, base.dtype)
-    torch.library.wrap_triton(_triton.taylor_forecast_kernel)[(max(1, triton.cdiv(n, block)),)](
+    _compat.wrap_triton(_triton.taylor_forecast_kernel)[(max(1, triton.cdiv(n, block)),)](
         base, factors, k, out, n, ORDER=factors.shape[0] - 1, BLOCK=block)
     return out
 
