@@ -16,6 +16,15 @@ import torch
 _PER_WRAPPER_ARGS = ("isolate_recompiles", "recompile_limit")
 
 
+def isolates_recompiles() -> bool:
+    """Whether `torch.compile(isolate_recompiles=True)` keeps each wrapper's Dynamo entries apart (torch >= 2.13).
+    Without it a code object shared by several models (diffusers' `apply_lora_scale` wrapper around forward)
+    holds the entries of every model compiled in the process."""
+    import inspect
+
+    return "isolate_recompiles" in inspect.signature(torch.compile).parameters
+
+
 def torch_compile(fn: Callable, **kwargs: Any) -> Any:
     """`torch.compile(fn, **kwargs)`, taking torch 2.13's per-wrapper arguments on any supported torch.
 
