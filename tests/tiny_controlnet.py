@@ -126,6 +126,8 @@ CONTROLNET_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "zimage_cn": ("ZImageControlNetModel", _ZIMAGE_CN),
     # "2.0"-style union control: control latents + mask + masked init latents (4 + 1 + 4 channels)
     "zimage_cn_inpaint": ("ZImageControlNetModel", {**_ZIMAGE_CN, "control_in_dim": 9}),
+    # hints after layers 0, 1 and 3 (not 2; the last one after the Bn block)
+    "zimage_cn_013": ("ZImageControlNetModel", {**_ZIMAGE_CN, "control_layers_places": [0, 1, 3]}),
     "sana": ("SanaTransformer2DModel", dict(EXTRA_MODELS["sana"].ctor)),
     "sana_cn": ("SanaControlNetModel", _SANA_CN),
     "hunyuandit": ("HunyuanDiT2DModel", dict(_H)),
@@ -345,6 +347,11 @@ _ENTRIES = [
                                              _zimage_parts("zimage_cn_inpaint")),
        _kwargs(_zimage_inputs(inpaint=True), height=_PX, width=_PX, guidance_scale=5.0), increasing_timesteps=True,
        notes="control = control latents + mask + masked init latents (control_in_dim 9)"),
+    _P("zimage_controlnet_013", _builder("ZImageControlNetPipeline", lambda: FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                         _zimage_parts("zimage_cn_013")),
+       _kwargs(_zimage_inputs(), height=_PX, width=_PX, guidance_scale=5.0), increasing_timesteps=True,
+       notes="control_layers_places [0, 1, 3]: glue after layers 0 and 1 (so the run's first two blocks look alike), "
+             "none after layer 2, the last hint after the Bn layer"),
     _P("sana_controlnet", _builder("SanaControlNetPipeline", _sana_sched, lambda: dict(
            transformer=_model("sana"), controlnet=_model("sana_cn", 1, unzero=True), vae=_vae_dc())),
        _kwargs(_sana_inputs, height=_PX, width=_PX, guidance_scale=4.5, use_resolution_binning=False,
