@@ -170,3 +170,21 @@ def test_scm_compiled_and_reference(toy, policy, want):
     if policy == "static":
         assert all(step not in s.residual_diffs for step in s.cached_steps)  # no diff on a fixed schedule
     assert len(handle(compiled).graphs) == 1
+
+
+def test_counters_are_read_and_written_by_name(monkeypatch):
+    """`read_counters` / `write_counters` go by field name: a permuted declaration changes nothing."""
+    from dit_cache_fx.runtime import policy
+
+    state = {name: torch.zeros(2, dtype=torch.int64) for name in policy.COUNTERS}
+    values = dict(n_cached=3, n_cont=1, has_anchor=1, last_computed=7, n_valid=2)
+    branch, gen = torch.tensor(1), torch.tensor(5)
+    for order in (policy.COUNTERS, tuple(reversed(policy.COUNTERS))):
+        monkeypatch.setattr(policy, "COUNTERS", order)
+        c = policy.Counters(**{k: torch.tensor(v) for k, v in values.items()})
+        policy.write_counters(state, branch, gen, c)
+        back = policy.read_counters(state, branch, gen)
+        assert {k: int(getattr(back, k)) for k in values} == values
+        assert int(state["n_cached"][1]) == 3 and int(state["n_cont"][1]) == 1
+        stale = policy.read_counters(state, branch, torch.tensor(6))  # another generation: all zero
+        assert all(int(getattr(stale, k)) == 0 for k in values)

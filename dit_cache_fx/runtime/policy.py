@@ -45,8 +45,8 @@ def at(x: Tensor, branch: Tensor) -> Tensor:
 def read_counters(state: dict[str, Tensor], branch: Tensor, gen: Tensor) -> Counters:
     """The branch's counters; all zero when they belong to another generation (or were never used)."""
     live = at(state["gen"], branch) == gen
-    return Counters(*(torch.where(live, at(state[name], branch), torch.zeros_like(at(state[name], branch)))
-                      for name in COUNTERS[1:]))
+    return Counters(**{name: torch.where(live, at(state[name], branch), torch.zeros_like(at(state[name], branch)))
+                       for name in COUNTERS if name != "gen"})  # by name: the declared order is free
 
 
 def should_cache(policy: RegionPolicy, c: Counters, step: Tensor, diff: Tensor) -> tuple[Tensor, Tensor]:
@@ -85,8 +85,9 @@ def update_counters(c: Counters, use_cache: Tensor, step: Tensor, order: int) ->
 def write_counters(state: dict[str, Tensor], branch: Tensor, gen: Tensor, c: Counters) -> None:
     index = branch.view(1)
     state["gen"].index_copy_(0, index, gen.view(1))
-    for name in COUNTERS[1:]:
-        state[name].index_copy_(0, index, getattr(c, name).view(1).to(state[name].dtype))
+    for name in COUNTERS:
+        if name != "gen":
+            state[name].index_copy_(0, index, getattr(c, name).view(1).to(state[name].dtype))
 
 
 def append_log(log: Tensor, log_pos: Tensor, ctx: StepContext, use_cache: Tensor, consulted: Tensor,
