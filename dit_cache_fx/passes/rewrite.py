@@ -76,7 +76,8 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
         counters = {k: state[k] for k in (*COUNTERS, "anchor", "log", "log_pos")}
         decided = call(policy.decide, dict(ctx), dict(pol), counters, plan.fn_entry, plan.fn_out,
                        plan.config.valid_order, group)
-        use_cache, branch, gap, n_valid, restart = (call(operator.getitem, decided, i) for i in range(5))
+        use_cache, branch, gap, n_valid, restart = (call(operator.getitem, decided, policy.Decision._fields.index(f))
+                                                    for f in ("use_cache", "branch", "gap", "n_valid", "restart"))
         picked = [call(taylor.pick, f, branch) for f in factors]
         safe = _safe_operands(graph, [*(s.region_in for s in plan.streams), *plan.ext_in], new)
         n = len(plan.streams)

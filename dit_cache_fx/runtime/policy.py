@@ -17,6 +17,7 @@ recorded where the policy consulted it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,6 +36,16 @@ class Counters:
     has_anchor: Tensor
     last_computed: Tensor
     n_valid: Tensor
+
+
+class Decision(NamedTuple):
+    """What `decide` hands the rest of the region (0-dim tensors)."""
+
+    use_cache: Tensor  # bool: serve Mn from the cache
+    branch: Tensor  # int64: the CFG branch whose state this call uses
+    gap: Tensor  # fp32: steps since the branch's last computed step
+    n_valid: Tensor  # int64: valid Taylor factors before this call
+    restart: Tensor  # bool: the call restarts the region's stacks (for `settle`)
 
 
 def at(x: Tensor, branch: Tensor) -> Tensor:
@@ -102,7 +113,7 @@ def append_log(log: Tensor, log_pos: Tensor, ctx: StepContext, use_cache: Tensor
 
 @in_graph
 def decide(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[str, Tensor], fn_entry: Tensor,
-           fn_out: Tensor, order: int, group: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+           fn_out: Tensor, order: int, group: str | None) -> Decision:
     """One region's bookkeeping for this call: whether Mn is served from the cache.
 
     Args:
@@ -111,9 +122,7 @@ def decide(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[str, T
         fn_entry, fn_out: the hidden stream before and after the Fn blocks.
         order: the hidden stream's TaylorSeer order. group: process group to sum the diff over, or None.
 
-    Returns (use_cache: bool[], branch: int64[], gap: fp32[] steps since the branch's last computed step,
-    n_valid: int64[] valid Taylor factors before this call, restart: bool[] the call restarts the region's
-    stacks, for `settle`).
+    Returns a `Decision`.
     """
     ctx_, policy_ = StepContext(**ctx), RegionPolicy(**policy)
     branch, step = ctx_.branch, ctx_.step
@@ -130,7 +139,7 @@ def decide(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[str, T
     state["anchor"].index_copy_(0, branch.view(1), anchor.unsqueeze(0).to(state["anchor"].dtype))
     write_counters(state, branch, ctx_.gen, new)
     append_log(state["log"], state["log_pos"], ctx_, use_cache, consulted, diff)
-    return use_cache, branch, (step - c.last_computed).to(torch.float32), c.n_valid, restart
+    return Decision(use_cache, branch, (step - c.last_computed).to(torch.float32), c.n_valid, restart)
 
 
 @in_graph
