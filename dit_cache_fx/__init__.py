@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         NoBlockRunError,
         OffloadError,
         ShapeChangedError,
+        UnsupportedTorchError,
         UnsupportedWeightsError,
     )
     from .explain import ExplainReport, explain
@@ -31,12 +32,14 @@ _EXPORTS = {
     "CacheConfig": "config", "DBPruneConfig": "config", "RunSpecs": "config",
     "CachePlanError": "errors", "DitCacheError": "errors", "InferenceOnlyError": "errors", "NoBlockRunError": "errors",
     "OffloadError": "errors", "ShapeChangedError": "errors", "UnsupportedWeightsError": "errors",
+    "UnsupportedTorchError": "errors",
     "ExplainReport": "explain", "explain": "explain",
     "BranchStats": "summary", "CacheSummary": "summary", "RegionSummary": "summary", "summary": "summary",
 }
 __all__ = [
     "BranchStats", "CacheConfig", "CachePlanError", "CacheSummary", "DBPruneConfig", "DitCacheError", "ExplainReport",
-    "InferenceOnlyError", "NoBlockRunError", "OffloadError", "RegionSummary", "RunSpecs", "ShapeChangedError", "UnsupportedWeightsError", "compile",
+    "InferenceOnlyError", "NoBlockRunError", "OffloadError", "RegionSummary", "RunSpecs", "ShapeChangedError", "UnsupportedTorchError", "UnsupportedWeightsError",
+    "compile",
     "configure", "explain", "release", "reset", "summary",
 ]
 __version__ = "0.2.0"

@@ -289,6 +289,25 @@ def context_parallel_group(module: torch.nn.Module) -> str | None:
     return mesh.get_group().group_name
 
 
+def torch_version() -> tuple[int, int]:
+    """(major, minor) of the installed torch."""
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def context_parallel_unsupported() -> str | None:
+    """Why diffusers' context parallelism cannot be cached on this torch, or None where it can.
+
+    torch < 2.13 (2.11 checked; 2.13 has neither break): Dynamo breaks the graph inside diffusers' Ulysses and
+    Ring attention (`DeviceMesh._pg_registry.get`, the skipped `torch._utils._maybe_view_chunk_cat`), so no
+    cache region spans the blocks and nothing would ever be cached."""
+    if torch_version() >= (2, 13):
+        return None
+    return (f"caching a model with diffusers' context parallelism needs torch >= 2.13 (torch {torch.__version__}'s "
+            "Dynamo breaks the graph inside the Ulysses/Ring attention, so no step could be cached); upgrade torch, "
+            "or compile the model without enable_parallelism")
+
+
 def group_name(group: Any) -> str:
     """A process group's name (what functional collectives take), from a ProcessGroup or a name."""
     return group if isinstance(group, str) else group.group_name

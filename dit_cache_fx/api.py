@@ -16,7 +16,7 @@ import torch
 from . import _compat
 from .backend import CacheBackend, CacheHandle
 from .config import CFG_BRANCH_OF_NAME, CacheArg, CacheConfig, DBPruneConfig, RunSpecs, structural_changes
-from .errors import CachePlanError, DitCacheError, InferenceOnlyError, NoBlockRunError
+from .errors import CachePlanError, DitCacheError, InferenceOnlyError, NoBlockRunError, UnsupportedTorchError
 from .runtime import regional
 from .runtime.store import StateStore
 
@@ -92,6 +92,8 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
         check_block_tensors(module)
         check_offload_hooks(module)
     group = _compat.group_name(process_group) if process_group is not None else _compat.context_parallel_group(module)
+    if specs.enabled and process_group is None and group is not None and (why := _compat.context_parallel_unsupported()):
+        raise UnsupportedTorchError(f"dit_cache_fx: {why}")
     handle = CacheHandle(specs, forward_signature(module), StateStore(specs.step_config.enable_separate_cfg, max_shapes),
                          on_no_blocks, options, torch_compile_kwargs["dynamic"], group=group, regional=regional,
                          block_modules=_block_modules(module),

@@ -29,3 +29,7 @@ class UnsupportedWeightsError(DitCacheError):
 class OffloadError(DitCacheError):
     """Offloading hooks around the model's blocks or layers (diffusers group offloading, accelerate's
     sequential offload) split the traced graph at every block; model CPU offload works."""
+
+
+class UnsupportedTorchError(DitCacheError):
+    """A feature needs a newer torch than the one installed (the message names the version)."""

@@ -153,3 +153,20 @@ def test_plan_errors_raised_while_dynamo_compiles_reach_the_user_as_themselves(m
         _call(compiled)
     assert type(info.value) is dit_cache_fx.CachePlanError  # not Dynamo's BackendCompilerFailed
     assert "report a bug" not in str(info.value) and info.value.__suppress_context__
+
+
+def test_context_parallel_on_torch_before_2_13_fails_early(monkeypatch):
+    # diffusers' enable_parallelism leaves a ContextParallelConfig on the model (faked here: no process group)
+    from types import SimpleNamespace
+
+    from dit_cache_fx import _compat
+
+    model = ToyDiT()
+    mesh = SimpleNamespace(get_group=lambda: SimpleNamespace(group_name="cp"))
+    model._parallel_config = SimpleNamespace(context_parallel_config=SimpleNamespace(
+        _flattened_mesh=mesh, ring_degree=1, ulysses_degree=2))
+    monkeypatch.setattr(_compat, "torch_version", lambda: (2, 11))
+    with pytest.raises(dit_cache_fx.UnsupportedTorchError, match=r"torch >= 2\.13"):
+        dit_cache_fx.compile(model, cache="F1B0_W1_R1.0")
+    monkeypatch.setattr(_compat, "torch_version", lambda: (2, 13))
+    dit_cache_fx.compile(model, cache="F1B0_W1_R1.0")  # compiles (nothing traced yet)
