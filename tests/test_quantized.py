@@ -129,3 +129,16 @@ def test_subclass_spec_round_trip():
     assert type(rebuilt) is type(w)
     x = torch.randn(4, 32)
     assert torch.equal(torch.nn.functional.linear(x, rebuilt), torch.nn.functional.linear(x, w))
+
+
+@pytest.mark.parametrize("mode", [{"regional": True}, {"dynamic": True}])
+def test_quantized_regional_and_dynamic(mode):
+    """The other compile modes with int8 weights: threshold 0 equals the quantized uncompiled model, and caches."""
+    m = MODELS["flux"]
+    model = _quantized("int8_weight_only")
+    eager = run_loop(model, m, steps=STEPS)
+    compiled = dit_cache_fx.compile(model, cache="F1B1_W2_R0", **mode)
+    assert max_rel_err(run_loop(compiled, m, steps=STEPS), eager) <= 1e-5
+    dit_cache_fx.configure(compiled, residual_diff_threshold=1.0)
+    run_loop(compiled, m, steps=STEPS)
+    assert dit_cache_fx.summary(compiled).cached_steps
