@@ -46,16 +46,6 @@ REGIONS = {
 }
 TIMESTEP_ARG = {"zimage_controlnet": "t", "zimage_controlnet_inpaint": "t", "zimage_controlnet_013": "t"}
 FAST = {"flux_controlnet", "sd3_controlnet"}
-# not cached yet: glue after the run's first block but not after its second (Z-Image's control_layers_places and
-# Wan VACE's vace_layers start at 0 and skip layers) gives NoBlockRunError "cannot tell which input of layers.0 /
-# blocks.0 each carried output continues" (passes/blocks.continued_input: the glued block 0 no longer has block
-# 1's node count, and residual_source reaches both the stream and the side input through the glue add)
-_FIRST_ONLY = "glue after block 0 but not after block 1"
-KNOWN_NO_RUN = {
-    "zimage_controlnet": f"{_FIRST_ONLY}: hints after layers 0 and 2 ({{layer index: hint}} dict)",
-    "zimage_controlnet_inpaint": f"{_FIRST_ONLY}: hints after layers 0 and 2 ({{layer index: hint}} dict)",
-    "wan_vace": f"{_FIRST_ONLY}: VACE hints (from vace_blocks in the same forward) after blocks 0 and 2",
-}
 
 
 def _call(pipe, p):
@@ -113,8 +103,6 @@ def _params():
     params = []
     for n in CONTROLNET_PIPELINES:
         marks = [] if n in FAST else [pytest.mark.slow]
-        if n in KNOWN_NO_RUN:
-            marks.append(pytest.mark.xfail(raises=dit_cache_fx.NoBlockRunError, strict=False, reason=KNOWN_NO_RUN[n]))
         params.append(pytest.param(n, marks=marks))
     return params
 

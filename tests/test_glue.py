@@ -61,7 +61,7 @@ def _loop(model, side_of_step):
         return [model(x, torch.tensor([1000.0 - 110 * s]), side_of_step(s)) for s in range(STEPS)]
 
 
-@pytest.mark.parametrize("glue_at", [(0, 1, 2, 3, 4), (1, 3)])
+@pytest.mark.parametrize("glue_at", [(0, 1, 2, 3, 4), (1, 3), (0,), (0, 2)])
 def test_glue_joins_the_block_before_it(glue_at):
     model = GlueToyDiT(glue_at=glue_at)
     x = torch.randn(1, 8, 16)

@@ -36,7 +36,14 @@ from .graph_utils import INDEXED, ancestors, inputs_of, node_block, outputs_of, 
 class Block:
     path: str  # e.g. "transformer_blocks.3"
     cls: type | None
-    nodes: tuple[Node, ...]
+    nodes: tuple[Node, ...]  # the block's own nodes, then its glue
+    glue: tuple[Node, ...] = ()  # the ops after it that put side inputs into its outputs (`glue_after`)
+
+    @property
+    def side_inputs(self) -> list[Node]:
+        """Inputs only the glue reads (ControlNet samples): never a stream the block continues."""
+        own = set(self.nodes) - set(self.glue)
+        return [i for i in self.inputs if not any(u in own for u in i.users)]
 
     @property
     def container(self) -> str:
@@ -191,7 +198,7 @@ def _in_submodule(node: Node) -> bool:
 
 def _with_glue(block: Block, stop: Node | None) -> Block:
     glue = glue_after(block.nodes, stop)
-    return Block(block.path, block.cls, block.nodes + tuple(glue)) if glue else block
+    return Block(block.path, block.cls, block.nodes + tuple(glue), tuple(glue)) if glue else block
 
 
 def flow_break(a: Block, b: Block) -> str | None:
@@ -390,7 +397,8 @@ def _trace_streams(blocks: list[Block]) -> list[list[Node | None]] | str:
     entry_out = _carried(blocks[0], blocks[1])
     if not entry_out:
         return "no tensor is carried from block to block"
-    ins0 = blocks[0].inputs
+    side = set(blocks[0].side_inputs)
+    ins0 = [i for i in blocks[0].inputs if i not in side]
     entries = [continued_input(blocks[0], blocks[1], o, ins0) for o in entry_out]
     if None in entries or len(set(entries)) != len(entries):
         return f"cannot tell which input of {blocks[0].path} each carried output continues"
