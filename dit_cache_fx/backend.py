@@ -316,7 +316,7 @@ class CacheBackend:
             regional.own(h, outlined.keys)
             kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
             example_inputs = [example_inputs[i] for i in kept]
-            as_python = outlined.outlined > 0 and outlined.inline == 0
+            as_python = outlined.inline == 0  # a graph with no block at all (a hook's) runs as Python too
         # subclass weights (torchao) cross the conds as their plain inner tensors
         flattened = flatten_subclass_operands(gm) if record.regions else 0
         info = GraphInfo(record, len(gm.graph.nodes), shapes, gm.code, frame_children=_frame_children(gm),
