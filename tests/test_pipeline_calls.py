@@ -136,3 +136,53 @@ def test_heun_through_the_pipeline_form_counts_steps():
         assert rel_err(out, ref) <= 1e-4
         s = dit_cache_fx.summary(pipe)
         assert s.num_steps == p.expected_calls(3) and not s.separate_cfg
+
+
+def _toy_loop(model, n, seed, steps=8):
+    x = torch.randn(1, n, 16, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return [model(x, torch.tensor([1000.0 - 110 * s])) for s in range(steps)]
+
+
+def _in_threads(jobs):
+    """Run `jobs` (name -> callable) in threads started together; their results by name."""
+    outs, errors = {}, []
+    barrier = threading.Barrier(len(jobs))
+
+    def worker(name, job):
+        try:
+            barrier.wait(timeout=60)
+            outs[name] = job()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=item) for item in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and all(not t.is_alive() for t in threads), errors
+    return outs
+
+
+def test_two_threads_different_shapes_and_two_models():
+    """Two threads on one model at two sequence lengths, then two models in two threads: each as if alone."""
+    from toy import ToyDiT
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    a, b = ToyDiT(num_layers=5).eval(), ToyDiT(num_layers=5).eval()
+    ca = dit_cache_fx.compile(a, cache="F1B0_W2MC2_R1.0")
+    cb = dit_cache_fx.compile(b, cache="F1B0_W2MC2_R1.0")
+    single = {(m, n): _toy_loop(c, n, seed=n) for m, c in (("a", ca), ("b", cb)) for n in (8, 12)}
+    assert dit_cache_fx.summary(cb).cached_steps  # the runs do cache
+    outs = _in_threads({8: lambda: _toy_loop(ca, 8, seed=8), 12: lambda: _toy_loop(ca, 12, seed=12)})
+    for n in (8, 12):
+        assert max(rel_err(x, y) for x, y in zip(outs[n], single[("a", n)])) <= 1e-6
+    outs = _in_threads({"a": lambda: _toy_loop(ca, 8, seed=8), "b": lambda: _toy_loop(cb, 12, seed=12)})
+    assert max(rel_err(x, y) for x, y in zip(outs["a"], single[("a", 8)])) <= 1e-6
+    assert max(rel_err(x, y) for x, y in zip(outs["b"], single[("b", 12)])) <= 1e-6
+    with torch.no_grad():  # caching changed the outputs: the comparison can fail
+        plain = [a(torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(8)), torch.tensor([1000.0 - 110 * s]))
+                 for s in range(8)]
+    assert max(rel_err(x, y) for x, y in zip(single[("a", 8)], plain)) > 1e-4
