@@ -285,8 +285,10 @@ def _row_major(v: torch.Tensor) -> bool:
 
 
 def _input_line(i: int, v: torch.Tensor, row_major: bool) -> str:
+    """An input's part of the code key: a quantized weight (a tensor subclass) is other code than a plain one."""
     stride = torch.empty(v.shape, device="meta").stride() if row_major else v.stride()
-    return f"in{i}:{tuple(v.shape)}:{v.dtype}:{tuple(stride)}:{v.device}"
+    kind = f":{type(v).__module__}.{type(v).__qualname__}" if _compat.is_traceable_subclass(v) else ""
+    return f"in{i}:{tuple(v.shape)}:{v.dtype}:{tuple(stride)}:{v.device}{kind}"
 
 
 def _code_lines(gm: GraphModule) -> list[str]:
