@@ -142,3 +142,14 @@ def test_quantized_regional_and_dynamic(mode):
     dit_cache_fx.configure(compiled, residual_diff_threshold=1.0)
     run_loop(compiled, m, steps=STEPS)
     assert dit_cache_fx.summary(compiled).cached_steps
+
+
+def test_regional_code_of_quantized_blocks_is_not_reused_for_plain_ones():
+    """Block code is keyed by its inputs' tensor subclass: the same model, quantized then plain, in one process."""
+    m = MODELS["flux"]
+    quantized = dit_cache_fx.compile(_quantized("int8_weight_only"), cache="F1B1_W2_R0", regional=True)
+    run_loop(quantized, m, steps=2)
+    plain = m.build()
+    eager = run_loop(plain, m, steps=2)
+    compiled = dit_cache_fx.compile(plain, cache="F1B1_W2_R0", regional=True)
+    assert max_rel_err(run_loop(compiled, m, steps=2), eager) <= 1e-5
