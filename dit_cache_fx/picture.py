@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from xml.sax.saxutils import escape
 
-if TYPE_CHECKING:
-    from .explain import ExplainReport
+
+class Report(Protocol):
+    """What a picture needs of `explain.ExplainReport` (named here so that this module imports nothing back)."""
+
+    model: str
+    specs: str
+    regions: list[Any]  # each with name, spec, streams, blocks, classes, Fn, Mn, Bn
+
 
 COLORS = {"Fn": "#4C78A8", "Mn": "#F58518", "Bn": "#54A24B"}
 WIDTH, LEFT, ROW, BOX_H = 1200, 250, 110, 34
@@ -32,7 +38,7 @@ class Shape:
     anchor: str = "start"
 
 
-def layout(report: ExplainReport) -> tuple[list[Shape], int]:
+def layout(report: Report) -> tuple[list[Shape], int]:
     shapes = [Shape("text", 10, 22, text=f"{report.model}: {len(report.regions)} cache region(s), cache={report.specs}",
                     size=14)]
     for i, r in enumerate(report.regions):
@@ -105,7 +111,7 @@ def to_png(shapes: list[Shape], height: int, path: Path) -> None:
     plt.close(fig)
 
 
-def save_regions(report: ExplainReport, path: str | Path) -> str:
+def save_regions(report: Report, path: str | Path) -> str:
     path = Path(path)
     if not report.regions:
         raise ValueError("no cache region to draw")
