@@ -270,10 +270,13 @@ class EagerDBCache:
         t = bound.get(self.timestep_arg, kwargs.get(self.timestep_arg))
         t = float(t.detach().reshape(-1).float().amax()) if isinstance(t, torch.Tensor) else float(t)
         t = float(torch.tensor(t, dtype=torch.float32))  # the graph compares fp32 timesteps
-        if classify_call(self.ctx, t, self.cfg_mode, CFG_BRANCH_OF_NAME.get(self.call_name, -1)):
-            for r in self.regions:
-                r.branches = [BranchState(), BranchState()]
+        self._start_call(classify_call(self.ctx, t, self.cfg_mode, CFG_BRANCH_OF_NAME.get(self.call_name, -1)))
+
+    def _start_call(self, new_generation: bool) -> None:
+        """Each call: a new generation empties every region's branches; nothing is served from the cache yet."""
         for r in self.regions:
+            if new_generation:
+                r.branches = [BranchState(), BranchState()]
             r.cached = False
 
     @staticmethod
@@ -520,17 +523,8 @@ class EagerDBPrune(EagerDBCache):
                 self._originals.append((block, "forward", block.__dict__.get("forward")))
                 block.forward = self._wrap_prune(region, i, block.forward)
 
-    @classmethod
-    def single(cls, model: torch.nn.Module, config: CacheConfig, blocks: Sequence[str], pattern: int,
-               timestep_arg: str = "timestep") -> EagerDBPrune:
-        return cls(model, [(blocks, config, pattern)], timestep_arg, config.enable_separate_cfg)
-
-    def _begin(self, module, args, kwargs):
-        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
-        t = bound.get(self.timestep_arg, kwargs.get(self.timestep_arg))
-        t = float(t.detach().reshape(-1).float().amax()) if isinstance(t, torch.Tensor) else float(t)
-        t = float(torch.tensor(t, dtype=torch.float32))
-        if classify_call(self.ctx, t, self.cfg_mode, CFG_BRANCH_OF_NAME.get(self.call_name, -1)):
+    def _start_call(self, new_generation: bool) -> None:
+        if new_generation:
             for r in self.regions:
                 r.branches, r.dyn = [PruneBranch(), PruneBranch()], DynStats()
 

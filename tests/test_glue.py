@@ -8,7 +8,6 @@ import warnings
 import pytest
 import torch
 from test_passes import dynamo_graph, latents
-from torch import nn
 
 import dit_cache_fx
 from dit_cache_fx.passes.blocks import find_runs, node_block
@@ -17,22 +16,17 @@ from dit_cache_fx.reference import EagerDBCache
 from extra_models import EXTRA_MODELS
 from helpers import handle, max_rel_err, rel_err
 from tiny_models import MODELS
-from toy import LinearBlock
+from toy import ToyDiT
 
 STEPS = 8
 
 
-class GlueToyDiT(nn.Module):
+class GlueToyDiT(ToyDiT):
     """ToyDiT with per-block side inputs added after some blocks (`glue_at`), as diffusers' ControlNet
-    transformers do; `tail` is an op after the blocks that reads the stream and is not glue."""
+    transformers do; `between="gate"` puts an op there that is not glue."""
 
     def __init__(self, dim: int = 16, num_layers: int = 5, glue_at=(0, 1, 2, 3, 4), between: str = "add"):
-        super().__init__()
-        self.proj_in = nn.Linear(dim, dim)
-        self.transformer_blocks = nn.ModuleList(LinearBlock(dim) for _ in range(num_layers))
-        self.proj_out = nn.Linear(dim, dim)
-        for b in self.transformer_blocks[1:]:
-            nn.init.constant_(b.mix, 0.5)
+        super().__init__(dim, num_layers)
         self.glue_at, self.between = tuple(glue_at), between
 
     def forward(self, hidden_states, timestep, side=None):

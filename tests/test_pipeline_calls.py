@@ -83,22 +83,8 @@ def test_threads_keep_their_own_generations():
     refs = {seed: run_loop(model, m, steps=6, seed=seed) for seed in (0, 1, 2, 3)}
     compiled = dit_cache_fx.compile(model, cache="F1B0_W1_R0.3")
     single = {seed: run_loop(compiled, m, steps=6, seed=seed) for seed in (0, 1, 2, 3)}
-    outs, errors = {}, []
-    barrier = threading.Barrier(4)
-
-    def worker(seed):
-        try:
-            barrier.wait(timeout=60)
-            outs[seed] = run_loop(compiled, m, steps=6, seed=seed, on_step=lambda i: None)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(s,)) for s in refs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors and all(not t.is_alive() for t in threads)
+    outs = _in_threads({seed: (lambda seed=seed: run_loop(compiled, m, steps=6, seed=seed, on_step=lambda i: None))
+                        for seed in refs})
     for seed in refs:
         assert max(rel_err(a, b) for a, b in zip(outs[seed], single[seed])) <= 1e-5
     # the dead threads' states go at the next new thread; release frees everything

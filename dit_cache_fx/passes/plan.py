@@ -31,17 +31,11 @@ class StreamPlan:
     order: int  # TaylorSeer order (0: the plain residual)
 
 
-@dataclass(frozen=True)
-class RegionPlan:
-    name: str  # the run's (or run part's) name, e.g. "single_transformer_blocks[0:38]"
+class Split:
+    """Fn | Mn | Bn of a plan over `run` under `config`."""
+
     run: BlockRun
     config: CacheConfig
-    nodes: tuple[Node, ...]  # the Mn region, graph order
-    hoist: tuple[Node, ...]  # stream-independent nodes of the span read after it
-    streams: tuple[StreamPlan, ...]
-    ext_in: tuple[Node, ...]  # everything else the region reads
-    fn_entry: Node  # hidden stream entering the run
-    fn_out: Node  # hidden stream after the Fn blocks
 
     @property
     def Fn(self) -> int:
@@ -54,6 +48,19 @@ class RegionPlan:
     @property
     def Mn(self) -> int:
         return len(self.run.blocks) - self.Fn - self.Bn
+
+
+@dataclass(frozen=True)
+class RegionPlan(Split):
+    name: str  # the run's (or run part's) name, e.g. "single_transformer_blocks[0:38]"
+    run: BlockRun
+    config: CacheConfig
+    nodes: tuple[Node, ...]  # the Mn region, graph order
+    hoist: tuple[Node, ...]  # stream-independent nodes of the span read after it
+    streams: tuple[StreamPlan, ...]
+    ext_in: tuple[Node, ...]  # everything else the region reads
+    fn_entry: Node  # hidden stream entering the run
+    fn_out: Node  # hidden stream after the Fn blocks
 
     def split_text(self) -> str:
         names = [b.path for b in self.run.blocks]

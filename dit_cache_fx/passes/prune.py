@@ -48,12 +48,12 @@ from ..runtime import prune
 from ..runtime.layout import PruneDims
 from .blocks import BlockRun
 from .graph_utils import value_of, value_sig
-from .plan import RegionPlan, StreamPlan, plan_region
+from .plan import RegionPlan, Split, StreamPlan, plan_region
 from .rewrite import _DROP_META, _safe_operands, _with_size_symbols, propagate_values, remap_plan
 
 
 @dataclass(frozen=True)
-class PrunePlan:
+class PrunePlan(Split):
     """A DBPrune region: the run, its config and one single-block `RegionPlan` per prunable block."""
 
     name: str
@@ -61,18 +61,6 @@ class PrunePlan:
     config: DBPruneConfig
     blocks: tuple[tuple[int, RegionPlan], ...]  # (index in the run, its one-block region)
     streams: tuple[StreamPlan, ...]  # the streams whose residuals are cached (over all blocks), hidden first
-
-    @property
-    def Fn(self) -> int:
-        return self.config.Fn_compute_blocks
-
-    @property
-    def Bn(self) -> int:
-        return self.config.Bn_compute_blocks
-
-    @property
-    def Mn(self) -> int:
-        return len(self.run.blocks) - self.Fn - self.Bn
 
     @property
     def fn_out(self) -> Node:
