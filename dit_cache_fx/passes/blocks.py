@@ -245,8 +245,6 @@ _RESHAPES = {"view", "reshape", "view_as", "flatten", "unflatten", "squeeze", "u
 
 def _hint(x) -> int | None:
     """A concrete int for a size: an int, a SymInt's example hint, or a Node holding either."""
-    from .. import _compat
-
     return _compat.size_hint(value_of(x) if isinstance(x, Node) else x)
 
 
