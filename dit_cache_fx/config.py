@@ -285,7 +285,8 @@ class DBPruneConfig(CacheConfig):
     decides on its own at each step: when the relative L1 change of its input hidden stream since the last
     step it was computed is below the threshold, it is pruned and its cached residuals (of every stream it
     carries) are added to its inputs instead. `W`/`I`, `M`/`MC` (counting steps with at least one pruned
-    block), `CFG`, `SCM` work as for DBCache; no calibrator (`T`, `FoCa`).
+    block), `CFG`, `SCM` work as for DBCache; a calibrator (`T<k>`, `FoCa`) forecasts each pruned block's
+    residuals from that block's own computed steps.
 
     Attributes:
         enable_dynamic_prune_threshold: `DT`. Raise a block's threshold to the mean of the first (up to 5)
@@ -304,9 +305,6 @@ class DBPruneConfig(CacheConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         name = "DBPruneConfig"
-        _check(not self.taylorseer_order and not self.foca, "taylorseer_order", self.taylorseer_order,
-               "0 and foca False: DBPrune has no calibrator here (cache-dit's DBPrune + calibrator is not supported)",
-               name)
         _check(self.dynamic_prune_threshold_relax_ratio > 0, "dynamic_prune_threshold_relax_ratio",
                self.dynamic_prune_threshold_relax_ratio, "> 0", name)
         _check(self.max_dynamic_prune_threshold is None or self.max_dynamic_prune_threshold > 0,

@@ -391,18 +391,24 @@ class EagerDBCache:
             st.nonfinite_steps.append(step)
 
     def _store(self, region: Region, st: BranchState, ho, eo) -> None:
-        before = region.before  # counters before this computed step
-        gap = float(self.ctx.step - before.last_computed)
         res = [ho - region.mn_in[0],
                eo - region.mn_in[1] if eo is not None and region.mn_in[1] is not None else None]
-        for k, r in enumerate(res):
-            if r is None:
-                st.factors[k] = None
-                continue
-            K = region.config.taylor_order_for("hidden" if k == 0 else "encoder")
-            depth = 4 if K == FOCA else K + 1
-            old = st.factors[k] if st.factors[k] is not None else torch.zeros((depth, *r.shape), dtype=r.dtype)
-            st.factors[k] = foca_update(old, r) if K == FOCA else taylor_update(old, r, gap, before.n_valid)
+        update_stacks(region.config, st, res, self.ctx.step, region.before)
+
+
+def update_stacks(config: CacheConfig, st: BranchState, residuals: Sequence[torch.Tensor | None], step: int,
+                  before: Counters) -> None:
+    """`st.factors` after a computed step whose residual of stream k is `residuals[k]` (`before`: the
+    counters before this step: the gap since the last computed step and the valid factors)."""
+    gap = float(step - before.last_computed)
+    for k, r in enumerate(residuals):
+        if r is None:
+            st.factors[k] = None
+            continue
+        K = config.taylor_order_for("hidden" if k == 0 else "encoder")
+        depth = 4 if K == FOCA else K + 1
+        old = st.factors[k] if st.factors[k] is not None else torch.zeros((depth, *r.shape), dtype=r.dtype)
+        st.factors[k] = foca_update(old, r) if K == FOCA else taylor_update(old, r, gap, before.n_valid)
 
 
 def decision_string(config: CacheConfig, steps: int, diffs: Sequence[float] | float = 0.0) -> str:
@@ -480,7 +486,9 @@ def should_prune(c, n: PruneCounters, step: int, has_buffer: bool, thr: float, d
 class PruneBranch:
     counters: PruneCounters = field(default_factory=PruneCounters)
     inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # block → its input at its last computed step
-    residuals: dict[int, tuple] = field(default_factory=dict)  # block → (hidden residual, encoder residual)
+    # block → its residual stacks (hidden, encoder) and their counters (`last_computed`, `n_valid`): a DBCache
+    # branch of one block
+    blocks: dict[int, BranchState] = field(default_factory=dict)
     cached_steps: list[int] = field(default_factory=list)  # steps with a pruned block
     pruned_blocks: list[int] = field(default_factory=list)  # per call: blocks pruned
     pruned: dict[int, list[int]] = field(default_factory=dict)  # step → the blocks pruned
@@ -560,21 +568,31 @@ class EagerDBPrune(EagerDBCache):
             st = region.branches[ctx.branch]
             if i in region.prunable:
                 prune, restart = self._decide_block(region, st, i, h)
+                blk = st.blocks.get(i)
                 if prune:
-                    res_h, res_e = st.residuals[i]
-                    e2 = e + res_e if e is not None and res_e is not None else e
-                    out = self._pack(region, h + res_h, e2)
+                    gap = float(ctx.step - blk.counters.last_computed)
+                    h2 = self._forecast(region, blk, 0, h, gap)
+                    e2 = self._forecast(region, blk, 1, e, gap) if e is not None and blk.factors[1] is not None else e
+                    out = self._pack(region, h2, e2)
+                    bad = False
                 else:
                     out = forward(*args, **kwargs)
                     ho, eo = self._unpack(region, out)
                     res = (ho - h, eo - e if eo is not None and e is not None else None)
-                    if restart or any(r is not None and not bool(torch.isfinite(r).all()) for r in res):
-                        st.inputs.pop(i, None)  # nothing non-finite is kept: the next call computes the block
-                        st.residuals.pop(i, None)
-                        if ctx.step not in st.nonfinite_steps:
-                            st.nonfinite_steps.append(ctx.step)
-                    else:
-                        st.inputs[i], st.residuals[i] = h, res
+                    bad = restart or any(r is not None and not bool(torch.isfinite(r).all()) for r in res)
+                    if not bad:
+                        blk = blk or BranchState()
+                        before = blk.counters
+                        update_stacks(region.config, blk, res, ctx.step, before)
+                        blk.counters = update_counters(before, False, ctx.step, region.config.valid_order)
+                        st.inputs[i], st.blocks[i] = h, blk
+                # nothing non-finite is kept (a residual, a divided difference, a FoCa forecast): the next call
+                # computes the block
+                if bad or (blk is not None and any(f is not None and not bool(torch.isfinite(f).all()) for f in blk.factors)):
+                    st.inputs.pop(i, None)
+                    st.blocks.pop(i, None)
+                    if ctx.step not in st.nonfinite_steps:
+                        st.nonfinite_steps.append(ctx.step)
             else:
                 out = forward(*args, **kwargs)
             if i == len(region.blocks) - 1:

@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import cache_dit  # noqa: E402
-from cache_dit import DBPruneConfig  # noqa: E402
+from cache_dit import DBPruneConfig, FoCaCalibratorConfig, TaylorSeerCalibratorConfig  # noqa: E402
 
 from tiny_models import MODELS, run_loop  # noqa: E402
 
@@ -35,6 +35,12 @@ CASES = [
     ("wan_cfg", "wan", 8, True, dict(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=2,
                                      residual_diff_threshold=0.12, enable_separate_cfg=True,
                                      enable_dynamic_prune_threshold=True, max_dynamic_prune_threshold=0.2)),
+    # with a calibrator: each pruned block's residuals forecast from that block's own computed steps
+    ("flux_foca", "flux", 10, False, dict(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=2,
+                                          residual_diff_threshold=0.16, calibrator=FoCaCalibratorConfig())),
+    ("flux_taylor", "flux", 10, False, dict(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=2,
+                                            residual_diff_threshold=0.16,
+                                            calibrator=TaylorSeerCalibratorConfig(taylorseer_order=1))),
 ]
 
 
@@ -48,7 +54,9 @@ def run(name, key, steps, cfg, kwargs):
     calls: list[list[int]] = []
     model.register_forward_pre_hook(lambda mod, a: called.clear())
     model.register_forward_hook(lambda mod, a, o: calls.append([j for j in range(len(blocks)) if j not in called]))
-    cache_dit.enable_cache(model, cache_config=DBPruneConfig(**kwargs))
+    kwargs = dict(kwargs)
+    calibrator = kwargs.pop("calibrator", None)
+    cache_dit.enable_cache(model, cache_config=DBPruneConfig(**kwargs), calibrator_config=calibrator)
     outs = run_loop(model, m, steps=steps, cfg=cfg)
     stats = cache_dit.summary(model)[0]
     return dict(name=name, pruned=calls, cached_steps=stats.cached_steps, cfg_cached_steps=stats.cfg_cached_steps,

@@ -42,6 +42,10 @@ GOLDEN = {
                  [1, 2, 3], [2, 3], []],
                 [2, 3, 4, 5, 6, 7], [2, 3, 5, 6], [0, 0, 3, 2, 1, 2, 1, 2], [0, 0, 3, 3, 0, 3, 3, 0], 0.34375,
                 [45.5771, 40.2707, 80.5465, 62.1292, 95.7255, 74.0462, 45.4535, 94.9261]),
+    "flux_foca": ("flux", 10, False, "DBPrune_F1B0_W2_R0.16_FoCa",  # each pruned block's residuals forecast by FoCa
+                  [[], [], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 4], [5], [1, 2, 3, 4], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [5]],
+                  [2, 3, 4, 5, 6, 7, 8, 9], [], [0, 0, 5, 5, 4, 1, 4, 5, 5, 1], [], 0.5,
+                  [-74.6414, -78.2842, -72.0099, -78.9362, -74.5296, -90.8484, -87.9413, -101.8071, -84.2862, -92.6611]),
 }
 
 
@@ -83,8 +87,6 @@ def test_prune_fields_round_trip():
 @pytest.mark.parametrize("spec, message", [
     ("F1B0_DT1", "DBPrune specs only"),
     ("F1B0_NP3", "DBPrune specs only"),
-    ("DBPrune_F1B0_T1", "no calibrator"),
-    ("DBPrune_F1B0_FoCa", "no calibrator"),
     ("DBPrune_F1B0_DR0", "relax_ratio"),
     ("DBPrune_F1B0_DM0", "max_dynamic_prune_threshold"),
     ("DBPrune_F1B0_NPx", "cannot parse"),
@@ -224,6 +226,40 @@ def test_dynamic_and_regional_equal_cache_dit(mode):
     assert max_rel_err(outs, refs) <= 1e-5 and len(handle(compiled).graphs) == 1
 
 
+@pytest.mark.parametrize("key, spec, kwargs", [
+    ("flux", "DBPrune_F1B0_W2_R0.16_T1", dict(fullgraph=True)),
+    ("flux", "DBPrune_F1B1_W2_R0.2_T2", dict(dynamic=True)),
+    ("wan", "DBPrune_F1B0_W2_R0.15_CFG1_FoCa", dict(regional=True)),
+], ids=["taylor1", "taylor2-dynamic", "foca-cfg-regional"])
+def test_calibrated_prune_equals_oracle(key, spec, kwargs):
+    """A calibrator in DBPrune: each pruned block's residuals are its own TaylorSeer / FoCa forecast (per block
+    and branch: the gap since that block's last computed step). The compiled conds decide and forecast as the
+    oracle (whose FoCa equals cache-dit's: `flux_foca`); the forecast changes the images (against plain DBPrune
+    at the same threshold), in one graph, with no break and no recompile across two generations."""
+    from torch._dynamo.utils import counters
+
+    m, steps, cfg = MODELS[key], 10, key == "wan"
+    config = as_config(spec)
+    model = m.build()
+    plain = reference.EagerDBPrune.single(model, config.replace(taylorseer_order=0, foca=False), m.blocks, m.pattern)
+    uncal = run_loop(model, m, steps=steps, cfg=cfg)
+    plain.remove()
+    ora = reference.EagerDBPrune.single(model, config, m.blocks, m.pattern)
+    refs = run_loop(model, m, steps=steps, cfg=cfg)
+    ora.remove()
+    assert ora.cached_steps() and max_rel_err(refs, uncal) > 1e-3  # the forecast is not the plain residual
+    torch._dynamo.reset()
+    compiled = dit_cache_fx.compile(model, cache=spec, **kwargs)
+    outs = run_loop(compiled, m, steps=steps, cfg=cfg)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = run_loop(compiled, m, steps=steps, cfg=cfg)
+    s = dit_cache_fx.summary(compiled)
+    for b in (0, 1) if cfg else (0,):
+        assert s.branches[b].pruned == ora.pruned(b), b
+    assert max_rel_err(outs, refs) <= 1e-4 and max_rel_err(again, refs) <= 1e-4
+    assert len(handle(compiled).graphs) == 1 and len(counters["graph_break"]) == 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # context parallelism: every block's two diff sums are all-reduced in the graph (cache-dit raises instead)
 
@@ -357,5 +393,5 @@ def test_nonfinite_values_are_never_kept():
     s = dit_cache_fx.summary(compiled)
     assert s.nonfinite_steps == ora.nonfinite_steps() == [3]
     assert s.branches[0].pruned == ora.pruned() == {2: [1, 2, 3], 5: [1, 2, 3], 6: [1, 2, 3], 7: [1, 2, 3]}
-    assert all(torch.isfinite(t).all() for t in handle(compiled).store.states()[0].residuals)
+    assert all(torch.isfinite(t).all() for t in handle(compiled).store.states()[0].factors)
     assert max_rel_err(outs[4:], refs[4:]) <= 1e-5 and not torch.isfinite(outs[3]).all()

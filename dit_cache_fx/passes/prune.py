@@ -15,17 +15,18 @@ After (`r0` the region, `st` its `layout.PruneState` placeholders, `p` a block's
 
     h1, e1 = <block 0 nodes>(h0, e0, temb, rope, params0)
     prune.begin_call(ctx={...}, policy={...r0 pol...}, state={...r0 st...})
-    pr, b, restart = prune.decide_block(ctx, policy, state, 0, h1, group)   # block 1, slot 0
-    rh, re = prune.pick(r0_st_residuals_0, b, 0), prune.pick(r0_st_residuals_1, b, 0)
-    r = cond(pr, r0_b1_cached, r0_b1_compute, (h1, e1, rh, re, temb, rope, params1))
+    pr, b, gap, nv, restart = prune.decide_block(ctx, policy, state, 0, h1, order, group)   # block 1, slot 0
+    fh, fe = prune.pick(r0_st_factors_0, b, 0), prune.pick(r0_st_factors_1, b, 0)
+    r = cond(pr, r0_b1_cached, r0_b1_compute, (h1, e1, fh, fe, gap, nv, temb, rope, params1))
     h2, e2 = r[0].view_as(h1), r[1].view_as(e1)
-    keep = prune.settle_block(state, b, 0, restart, [r[2].view_as(rh), r[3].view_as(re)], group)
-    prune.store(r0_st_residuals_0, b, 0, r[2].view_as(rh), keep); prune.store(r0_st_residuals_1, ..., keep)
-    pr, b, restart = prune.decide_block(ctx, policy, state, 1, h2, group)   # block 2, slot 1
+    keep = prune.settle_block(state, b, 0, restart, [r[2].view_as(fh), r[3].view_as(fe)], group)
+    prune.store(r0_st_factors_0, b, 0, r[2].view_as(fh), keep); prune.store(r0_st_factors_1, ..., keep)
+    pr, b, gap, nv, restart = prune.decide_block(ctx, policy, state, 1, h2, order, group)   # block 2, slot 1
     ... the same with r0_b2_cached / r0_b2_compute ...
 
-    r0_bj_compute: the block's nodes; returns its outputs and their residuals (out − in), flat
-    r0_bj_cached:  returns in + residual per stream, and the residuals unchanged, flat
+    r0_bj_compute / r0_bj_cached: DBCache's Mn branches (`rewrite`) over the one block: the block's nodes and
+    its residual stacks updated (plain: the residual; TaylorSeer / FoCa: the calibrator's stack), or the inputs
+    plus the stacks' forecast `gap` steps on (FoCa: and the advanced stack); outputs flat
 
 New nodes get value meta here, block by block (the next block's cut reads them); none of them gets the
 blocks' `nn_module_stack`.
@@ -39,17 +40,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch.fx import Graph, GraphModule, Node
+from torch.fx import GraphModule, Node
 
 from .. import _compat
 from ..config import DBPruneConfig
 from ..errors import CachePlanError
 from ..runtime import prune
 from ..runtime.layout import PruneDims
+from ..runtime.policy import Decision
 from .blocks import BlockRun
 from .graph_utils import value_of, value_sig
 from .plan import RegionPlan, Split, StreamPlan, plan_region
-from .rewrite import _DROP_META, _safe_operands, _with_size_symbols, propagate_values, remap_plan
+from .rewrite import (
+    _cached_branch,
+    _compute_branch,
+    _safe_operands,
+    _with_size_symbols,
+    propagate_values,
+    remap_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ def prune_dims(plan: PrunePlan) -> PruneDims:
     h = value_of(plan.streams[0].region_in)
     vals = [value_of(s.region_in) for s in plan.streams]
     return PruneDims(tuple(h.shape), h.dtype, tuple(tuple(v.shape) for v in vals), tuple(v.dtype for v in vals),
-                     tuple(0 for _ in vals), blocks=len(plan.blocks))
+                     tuple(s.order for s in plan.streams), blocks=len(plan.blocks))
 
 
 def rewrite_prune(gm: GraphModule, plan: PrunePlan, rid: str, ctx: Mapping[str, Node], pol: Mapping[str, Node],
@@ -126,13 +135,13 @@ def rewrite_prune(gm: GraphModule, plan: PrunePlan, rid: str, ctx: Mapping[str, 
     graph = gm.graph
     fake_mode = _compat.fake_mode_of([value_of(n) for n in graph.nodes if n.op == "placeholder"])
     slot_of = {s.name: k for k, s in enumerate(plan.streams)}
-    shared = {k: state[k] for k in state if not k.startswith("residuals_")}
+    shared = {k: state[k] for k in state if not k.startswith("factors_")}
     replaced: dict[Node, Node] = {}
     new: list[Node] = []
     for p, (j, block) in enumerate(plan.blocks):
         block = remap_plan(block, replaced)
         added, swaps = _rewrite_block(gm, block, f"{rid}_b{j}", p, ctx, pol, shared,
-                                      [state[f"residuals_{slot_of[s.name]}"] for s in block.streams], group,
+                                      [state[f"factors_{slot_of[s.name]}"] for s in block.streams], group,
                                       first=p == 0)
         propagate_values(gm, added, fake_mode)  # the next block's cut reads these values
         new += added
@@ -142,14 +151,14 @@ def rewrite_prune(gm: GraphModule, plan: PrunePlan, rid: str, ctx: Mapping[str, 
     return new, replaced
 
 
-def _rewrite_block(gm: GraphModule, plan: RegionPlan, name: str, slot: int, ctx, pol, state, residuals: list[Node],
+def _rewrite_block(gm: GraphModule, plan: RegionPlan, name: str, slot: int, ctx, pol, state, factors: list[Node],
                    group: str | None, first: bool) -> tuple[list[Node], dict[Node, Node]]:
     graph = gm.graph
     head = plan.nodes[0]
     for n in plan.hoist:
         head.prepend(n)
     plan = _with_size_symbols(gm, plan)
-    gm.add_submodule(f"{name}_compute", _compute_branch(plan))
+    gm.add_submodule(f"{name}_compute", _compute_branch(plan))  # DBCache's Mn branches, over one block
     gm.add_submodule(f"{name}_cached", _cached_branch(plan))
     hidden = plan.streams[0].region_in
     new: list[Node] = []
@@ -161,12 +170,14 @@ def _rewrite_block(gm: GraphModule, plan: RegionPlan, name: str, slot: int, ctx,
 
         if first:
             call(prune.begin_call, dict(ctx), dict(pol), dict(state))
-        decided = call(prune.decide_block, dict(ctx), dict(pol), dict(state), slot, hidden, group)
-        pruned, branch, restart = (call(operator.getitem, decided, i) for i in range(3))
-        picked = [call(prune.pick, r, branch, slot) for r in residuals]
+        decided = call(prune.decide_block, dict(ctx), dict(pol), dict(state), slot, hidden,
+                       plan.config.valid_order, group)
+        pruned, branch, gap, n_valid, restart = (call(operator.getitem, decided, i)
+                                                 for i in range(len(Decision._fields)))
+        picked = [call(prune.pick, f, branch, slot) for f in factors]
         n = len(plan.streams)
         safe = _safe_operands(graph, [*(s.region_in for s in plan.streams), *plan.ext_in], new)
-        operands = [*safe[:n], *picked, *safe[n:]]
+        operands = [*safe[:n], *picked, gap, n_valid, *safe[n:]]
         true_attr, false_attr = graph.get_attr(f"{name}_cached"), graph.get_attr(f"{name}_compute")
         cond = call(torch.ops.higher_order.cond, pruned, true_attr, false_attr, tuple(operands))
         cond.meta["dcf_value_like"] = [value_of(s.region_out) for s in plan.streams] + picked
@@ -179,7 +190,7 @@ def _rewrite_block(gm: GraphModule, plan: RegionPlan, name: str, slot: int, ctx,
             outs.append(view)
         keep = call(prune.settle_block, dict(state), branch, slot, restart, outs[n:], group)
         for k in range(n):
-            call(prune.store, residuals[k], branch, slot, outs[n + k], keep)
+            call(prune.store, factors[k], branch, slot, outs[n + k], keep)
 
     region = set(plan.nodes)
     for k, s in enumerate(plan.streams):
@@ -187,39 +198,3 @@ def _rewrite_block(gm: GraphModule, plan: RegionPlan, name: str, slot: int, ctx,
     for node in reversed(plan.nodes):
         graph.erase_node(node)
     return new, {s.region_out: outs[k] for k, s in enumerate(plan.streams)}
-
-
-def _inputs(g: Graph, plan: RegionPlan) -> tuple[list[Node], list[Node], dict[Node, Node]]:
-    ins = [g.placeholder(f"stream_{s.name}") for s in plan.streams]
-    res = [g.placeholder(f"residual_{s.name}") for s in plan.streams]
-    env = {s.region_in: p for s, p in zip(plan.streams, ins)}
-    for i, x in enumerate(plan.ext_in):
-        env[x] = g.placeholder(f"ext{i}")
-    for old, p in env.items():
-        p.meta = {k: v for k, v in old.meta.items() if k not in _DROP_META}
-    return ins, res, env
-
-
-def _flat(g: Graph, n: Node) -> Node:
-    return g.call_method("reshape", (n, -1))
-
-
-def _compute_branch(plan: RegionPlan) -> GraphModule:
-    g = Graph()
-    ins, _, env = _inputs(g, plan)
-    for n in plan.nodes:
-        env[n] = g.node_copy(n, lambda x: env[x])
-    outs = [g.call_method("clone", (env[s.region_out],), {"memory_format": torch.contiguous_format})
-            for s in plan.streams]
-    residuals = [g.call_function(operator.sub, (out, x)) for out, x in zip(outs, ins)]
-    g.output(tuple(_flat(g, x) for x in outs + residuals))
-    return GraphModule(torch.nn.Module(), g)
-
-
-def _cached_branch(plan: RegionPlan) -> GraphModule:
-    g = Graph()
-    ins, res, _ = _inputs(g, plan)
-    outs = [g.call_function(operator.add, (x, r)) for x, r in zip(ins, res)]
-    keep = [g.call_method("clone", (r,), {"memory_format": torch.contiguous_format}) for r in res]
-    g.output(tuple(_flat(g, x) for x in outs + keep))
-    return GraphModule(torch.nn.Module(), g)

@@ -250,8 +250,13 @@ class PruneState(StateGroup):
                              per_branch=True, shape=lambda d: (d.blocks,))
     inputs: Tensor = slot(None, "input hidden stream of each prunable block at its last computed step",
                           per_branch=True, shape=lambda d: (d.blocks, *d.hidden))
-    residuals: tuple = slot(None, "residual of stream k of each prunable block at its last computed step",
-                            per_branch=True, per_stream=True, shape=lambda d, k: (d.blocks, *d.streams[k]))
+    last_computed: Tensor = slot(torch.int64, "each prunable block's last computed step", per_branch=True,
+                                 shape=lambda d: (d.blocks,))
+    n_valid: Tensor = slot(torch.int64, "each prunable block's valid TaylorSeer factors; FoCa: its computed steps",
+                           per_branch=True, shape=lambda d: (d.blocks,))
+    factors: tuple = slot(None, "each prunable block's residual stack of stream k at its last computed step, as "
+                          "RegionState.factors", per_branch=True, per_stream=True,
+                          shape=lambda d, k: (d.blocks, stack_depth(d.orders[k]), *d.streams[k]))
     dyn_gen: Tensor = slot(torch.int64, "generation of the step's diff statistics (branch 0)", init=-1)
     dyn_step: Tensor = slot(torch.int64, "step of the diff statistics (branch 0)", init=-1)
     dyn_n: Tensor = slot(torch.int64, "diffs recorded in that step (branch 0)")
@@ -298,7 +303,8 @@ def state_table() -> str:
             shapes = {"anchor": "hidden", "factors": "K+1 or 4, stream", "log": f"{LOG_LEN}, {len(LOG_COLUMNS)}",
                       "mask": str(MAX_MASK_STEPS)}
             if group is PruneState:
-                shapes = {"has_input": "P", "inputs": "P, hidden", "residuals": "P, stream",
+                shapes = {"has_input": "P", "last_computed": "P", "n_valid": "P", "inputs": "P, hidden",
+                          "factors": "P, K+1 or 4, stream",
                           "log": f"{PRUNE_LOG_LEN}, {len(PRUNE_LOG_COLUMNS)}", "log_diffs": f"{PRUNE_LOG_LEN}, P",
                           "log_pruned": f"{PRUNE_LOG_LEN}, P"}
             shape = shapes.get(f.name, "")

@@ -3,11 +3,11 @@
 
     begin_call(ctx, policy, state)                    # once per call, before the region's first block
     per prunable block j (slot p):
-        prune, b, restart = decide_block(ctx, policy, state, p, h_in)   # rel-L1 vs the block's stored input
-        r_k = pick(state.residuals_k, b, p)                    # its residuals at its last computed step
-        ... cond(prune, h_in + r_k, block j; returns the new residuals) ...
-        keep = settle_block(state, b, p, restart, [new r_k])   # non-finite: nothing of the block is kept
-        store(state.residuals_k, b, p, new r_k, keep)
+        prune, b, gap, n_valid, restart = decide_block(ctx, policy, state, p, h_in)   # rel-L1 vs its stored input
+        f_k = pick(state.factors_k, b, p)                     # its residual stacks at its last computed step
+        ... cond(prune, h_in + forecast(f_k, gap), block j; both return the new stacks, as DBCache's Mn) ...
+        keep = settle_block(state, b, p, restart, [new f_k])  # non-finite: nothing of the block is kept
+        store(state.factors_k, b, p, new f_k, keep)
 
 All of it is tensor math on 0-dim tensors and in-place writes of the state (no host sync, nothing Dynamo
 could guard on). The diff is always computed (one fused reduction) and recorded only where consulted.
@@ -21,7 +21,7 @@ from torch import Tensor
 from ..reference import PRUNE_DYN_DIFFS
 from .diff import reduce_sums, residual_sums
 from .layout import PRUNE_COUNTERS, PRUNE_LOG_COLUMNS, PrunePolicy, StepContext
-from .policy import at
+from .policy import Decision, at
 from .registry import in_graph
 
 _COL = {name: i for i, name in enumerate(PRUNE_LOG_COLUMNS)}
@@ -52,6 +52,8 @@ def begin_call(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[st
         state[name].index_copy_(0, index, value.view(1).to(state[name].dtype))
     has = state["has_input"]
     has.index_copy_(0, index, (at(has, b) & live).unsqueeze(0))
+    n_valid = state["n_valid"]
+    n_valid.index_copy_(0, index, torch.where(live, at(n_valid, b), 0).unsqueeze(0))
     cond = b == 0
     fresh = cond & ((state["dyn_gen"] != gen) | (state["dyn_step"] != step))
     state["dyn_n"].copy_(torch.where(fresh, 0, state["dyn_n"]))
@@ -100,10 +102,12 @@ def should_prune(policy: PrunePolicy, counters: dict[str, Tensor], step: Tensor,
 
 @in_graph
 def decide_block(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[str, Tensor], slot: int,
-                 h_in: Tensor, group: str | None) -> tuple[Tensor, Tensor, Tensor]:
-    """Whether prunable block `slot` is pruned at this call; updates the counters, its stored input, the
-    step's diff statistics and the log in place. Returns (prune: bool[], branch: int64[], restart: bool[] the
-    block's input or consulted diff is not finite: it computes and keeps nothing, for `settle_block`)."""
+                 h_in: Tensor, order: int, group: str | None) -> Decision:
+    """Whether prunable block `slot` is pruned at this call; updates the counters, its stored input and
+    counters, the step's diff statistics and the log in place. `order`: the region's valid calibrator order
+    (`CacheConfig.valid_order`). Returns a `policy.Decision` for the block: its gap and valid factors before
+    this call; `restart`: the block's input or consulted diff is not finite (it computes and keeps nothing,
+    for `settle_block`)."""
     c, pol = StepContext(**ctx), PrunePolicy(**policy)
     b, step, gen = c.branch, c.step, c.gen
     index, p = b.view(1), _slot(b, slot)
@@ -134,28 +138,35 @@ def decide_block(ctx: dict[str, Tensor], policy: dict[str, Tensor], state: dict[
     kept = torch.where(restart, torch.zeros_like(prev), h_in.to(prev.dtype))  # always finite
     state["inputs"].index_put_((index, p), torch.where(prune, prev, kept).unsqueeze(0))
     state["has_input"].index_put_((index, p), torch.where(prune, has, ~restart).view(1))
+    last = state["last_computed"][index, p].squeeze(0)
+    n_valid = state["n_valid"][index, p].squeeze(0)
+    state["last_computed"].index_put_((index, p), torch.where(prune, last, step).view(1))
+    state["n_valid"].index_put_((index, p), torch.where(prune, n_valid, torch.clamp(n_valid + 1, max=order + 1)).view(1))
     row = _row(state)
     log = state["log"]
     log.index_put_((row, _slot(log, _COL["pruned"])), new["call_pruned"].float().view(1))
     log.index_put_((row, _slot(log, _COL["consulted"])), consulted.float().view(1), accumulate=True)
     state["log_diffs"].index_put_((row, p), torch.where(consulted, value, torch.nan).float().view(1))
     state["log_pruned"].index_put_((row, p), prune.view(1))
-    return prune, b, restart
+    return Decision(prune, b, (step - last).to(torch.float32), n_valid, restart)
 
 
 @in_graph
-def settle_block(state: dict[str, Tensor], branch: Tensor, slot: int, restart: Tensor, residuals: list[Tensor],
+def settle_block(state: dict[str, Tensor], branch: Tensor, slot: int, restart: Tensor, stacks: list[Tensor],
                  group: str | None) -> Tensor:
-    """After block `slot`'s cond: whether its new residuals may be stored — not when `decide_block` restarted
-    it, nor when one is not finite (on any rank). Then the block has no stored input (the next call computes
-    it) and the call's log row counts it `nonfinite`. Returns keep: bool[]."""
-    bad = torch.stack([~torch.isfinite(r).all() for r in residuals]).any()
+    """After block `slot`'s cond: whether its new residual stacks may be stored — not when `decide_block`
+    restarted it, nor when one is not finite (on any rank: a residual, a divided difference, a FoCa forecast).
+    Then the block has no stored input and no valid factors (the next call computes it) and the call's log
+    row counts it `nonfinite`. Returns keep: bool[]."""
+    bad = torch.stack([~torch.isfinite(r).all() for r in stacks]).any()
     if group is not None:
         bad = reduce_sums(bad.float().view(1), group)[0] > 0
     bad = bad | restart
     index, p = branch.view(1), _slot(branch, slot)
     has = state["has_input"]
     has.index_put_((index, p), (has[index, p].squeeze(0) & ~bad).view(1))
+    n_valid = state["n_valid"]
+    n_valid.index_put_((index, p), torch.where(bad, 0, n_valid[index, p].squeeze(0)).view(1))
     log = state["log"]
     log.index_put_((_row(state), _slot(log, _COL["nonfinite"])), bad.float().view(1), accumulate=True)
     return ~bad
