@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="residual diff thresholds R")
     b.add_argument("--taylor", type=_ints, default=[0, 1], help="TaylorSeer orders (0 = off)")
     b.add_argument("--mc", type=_ints, default=[0, 1], help="max consecutive cached steps (0 = unlimited)")
+    b.add_argument("--foca", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the FoCa calibrator (DBCache, and DBPrune with --prune-thresholds)")
+    b.add_argument("--prune-thresholds", type=_floats, default=[0.04, 0.06, 0.08, 0.1, 0.15],
+                   help="DBPrune thresholds R (empty: no DBPrune)")
     b.add_argument("--warmup", type=int, default=4, help="W: always-computed first steps")
     b.add_argument("--samples", type=int, default=20, help="images per setting")
     b.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     if getattr(args, "quick", False):
         if args.command == "bench":
             args.steps, args.fn, args.thresholds, args.taylor, args.mc, args.samples = [8], [1], [0.2, 0.5], [0], [0], 4
+            args.foca, args.prune_thresholds = False, []
         else:
             args.steps, args.samples, args.settings, args.repeats, args.no_compile_baseline = 8, 4, QUICK_SETTING, 1, True
     import importlib

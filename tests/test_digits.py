@@ -123,6 +123,7 @@ def test_bench_plumbing(tmp_path):
     from dit_cache_fx.__main__ import main
 
     main(["bench", "--steps", "8", "--fn", "1", "--thresholds", "0.3", "--taylor", "0", "--warmup", "2",
-          "--samples", "4", "--out-dir", str(tmp_path)])
+          "--no-foca", "--prune-thresholds", "0.3", "--samples", "4", "--out-dir", str(tmp_path)])
     md = (tmp_path / "fidelity.md").read_text()
-    assert "F1B0_W2_R0.3" in md and "skipped" not in md and (tmp_path / "fidelity.png").is_file()
+    assert "F1B0_W2_R0.3" in md and "DBPrune_F1B0_W2_R0.3" in md and "skipped" not in md
+    assert (tmp_path / "fidelity.png").is_file()

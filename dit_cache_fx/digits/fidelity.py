@@ -1,11 +1,11 @@
-"""Fidelity benchmark: DBCache settings vs "just use fewer steps" at equal compute, on the digits DiT.
+"""Fidelity benchmark: DBCache / DBPrune settings vs "just use fewer steps" at equal compute, on the digits DiT.
 
 For each step count, every cache setting gives (fraction of block compute saved, PSNR vs the uncached
 output at the same seeds); the baseline is the uncached pipeline run with fewer steps, whose saved
 compute is 1 - k/steps. Writes a markdown table and a plot. `dit-cache-fx bench` / bench/bench_fidelity.py.
 
 Block compute saved = cached_steps · (N − Fn − Bn) / (steps · N), N = number of transformer blocks,
-cached_steps counted on the conditional CFG branch.
+cached_steps counted on the conditional CFG branch; DBPrune: pruned blocks / (steps · N), same branch.
 """
 
 from __future__ import annotations
@@ -44,22 +44,33 @@ def _point(steps: int, name: str, saved: float, imgs: torch.Tensor, ref: torch.T
 
 
 def specs(fn: list[int], bn: list[int], thresholds: list[float], taylor: list[int], warmup: int,
-          mc: list[int] = (0,)) -> dict[str, list[str]]:
-    """Cache specs grouped by graph structure (Fn, Bn, TaylorSeer order): one compile per group; the
-    threshold and MC are changed in place with `dit_cache_fx.configure`."""
+          mc: list[int] = (0,), foca: bool = False, prune_thresholds: list[float] = ()) -> dict[str, list[str]]:
+    """Cache specs grouped by graph structure (technique, Fn, Bn, calibrator): one compile per group; the
+    threshold and MC are changed in place with `dit_cache_fx.configure`. `foca` adds DBCache + FoCa groups
+    (no MC cap), `prune_thresholds` DBPrune groups (plain and with FoCa)."""
     groups = {}
     for f, b, t in itertools.product(fn, bn, taylor):
         tail = f"_T{t}" if t else ""
         groups[f"F{f}B{b}{tail}"] = [f"F{f}B{b}_W{warmup}" + (f"MC{c}" if c else "") + f"_R{r:g}{tail}"
                                      for c, r in itertools.product(mc, thresholds)]
+    for f, b in itertools.product(fn, bn):
+        if foca:
+            groups[f"F{f}B{b}_FoCa"] = [f"F{f}B{b}_W{warmup}_R{r:g}_FoCa" for r in thresholds]
+        for tail in ("", "_FoCa") if foca else ("",):
+            if prune_thresholds:
+                groups[f"DBPrune_F{f}B{b}{tail}"] = [f"DBPrune_F{f}B{b}_W{warmup}_R{r:g}{tail}" for r in prune_thresholds]
     return groups
 
 
-def _fn_bn(spec: str) -> tuple[int, int]:
-    from dit_cache_fx import CacheConfig
+def saved_compute(summary, spec: str, steps: int, n_blocks: int) -> tuple[int, float]:
+    """(cached steps — DBPrune: steps with a pruned block —, the fraction of block compute saved)."""
+    from dit_cache_fx import CacheConfig, DBPruneConfig
 
     c = CacheConfig.parse(spec)
-    return c.Fn_compute_blocks, c.Bn_compute_blocks
+    cached = len(summary.cached_steps)
+    if isinstance(c, DBPruneConfig):
+        return cached, sum(summary.pruned_blocks) / (steps * n_blocks)
+    return cached, cached * (n_blocks - c.Fn_compute_blocks - c.Bn_compute_blocks) / (steps * n_blocks)
 
 
 def run(step_counts: list[int], groups: dict[str, list[str]], samples: int, guidance: float, seed: int,
@@ -102,9 +113,8 @@ def run(step_counts: list[int], groups: dict[str, list[str]], samples: int, guid
             dit_cache_fx.configure(pipe.transformer, spec)
             dit_cache_fx.reset(pipe.transformer)
             imgs = generate(pipe, labels, steps, guidance, seed)
-            cached = len(dit_cache_fx.summary(pipe.transformer).cached_steps)
-            f, b = _fn_bn(spec)
-            p = _point(steps, spec, cached * (n_blocks - f - b) / (steps * n_blocks), imgs, refs[steps], labels, cached)
+            cached, saved = saved_compute(dit_cache_fx.summary(pipe.transformer), spec, steps, n_blocks)
+            p = _point(steps, spec, saved, imgs, refs[steps], labels, cached)
             points.append(p)
             print(f"[bench]   {steps} steps {spec}: {cached} cached, saved {p.saved:.0%}, PSNR {p.psnr:.1f} dB, "
                   f"acc {p.acc:.0%}", flush=True)
@@ -176,8 +186,10 @@ def plot(points: list[Point], path: Path) -> None:
         curve = lambda p: re.sub(r"_R[-0-9.e]+", "", p.name)  # noqa: E731  (one curve per setting but R)
         for name in sorted({curve(p) for p in cache}):
             sel = sorted((p for p in cache if curve(p) == name), key=lambda p: p.saved)
-            ax.plot([p.saved for p in sel], [p.psnr for p in sel], "^--" if "_T" in name else "o-", alpha=0.8,
-                    label=f"DBCache {name}, R varies")
+            style = ("d:" if "_FoCa" in name else "v:") if "DBPrune" in name else (
+                "s-." if "_FoCa" in name else "^--" if "_T" in name else "o-")
+            label = name.replace("_W", " W") if "DBPrune" in name else f"DBCache {name}"
+            ax.plot([p.saved for p in sel], [p.psnr for p in sel], style, alpha=0.8, label=f"{label}, R varies")
         ax.set(title=f"{steps} steps", xlabel="fraction of transformer-block compute saved",
                ylabel="PSNR vs uncached full-step output (dB)")
         ax.grid(alpha=0.3)
@@ -189,15 +201,16 @@ def plot(points: list[Point], path: Path) -> None:
 
 def main(args: argparse.Namespace) -> list[Point]:
     torch.set_num_threads(args.threads)
-    groups = specs(args.fn, args.bn, args.thresholds, args.taylor, args.warmup, args.mc)
+    groups = specs(args.fn, args.bn, args.thresholds, args.taylor, args.warmup, args.mc, args.foca,
+                   args.prune_thresholds)
     print(f"[bench] {sum(map(len, groups.values()))} cache settings in {len(groups)} compiled graphs × steps "
           f"{args.steps}, {args.samples} samples, guidance {args.guidance}", flush=True)
     points = run(args.steps, groups, args.samples, args.guidance, args.seed)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    header = (f"# Fidelity: DBCache vs fewer steps (digits DiT, {args.samples} samples, guidance {args.guidance}, "
+    header = (f"# Fidelity: DBCache and DBPrune vs fewer steps (digits DiT, {args.samples} samples, guidance {args.guidance}, "
               f"seed {args.seed}; cached runs through dit_cache_fx.compile, references uncached eager)\n\n"
               "PSNR is against the uncached output with the same seeds and step count; block compute saved = "
-              "cached_steps·(N−Fn−Bn)/(steps·N), N = 6 blocks. 'fewer steps, same compute' interpolates the "
+              "cached_steps·(N−Fn−Bn)/(steps·N) (DBPrune: pruned blocks/(steps·N)), N = 6 blocks. 'fewer steps, same compute' interpolates the "
               "uncached run with fewer steps at the same saved fraction; a positive gain means caching wins.")
     md = write_markdown(points, args.out_dir / "fidelity.md", header)
     plot(points, args.out_dir / "fidelity.png")
