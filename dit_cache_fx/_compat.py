@@ -239,37 +239,91 @@ def graph_break_reasons() -> list[str]:
 
 
 class DynamoFlags:
-    """Set Dynamo config flags (read when Dynamo traces) while any call of ours runs: a lighter
-    `torch._dynamo.config.patch` (plain attribute sets, a few µs per call) through one locked,
-    reference-counted door. Dynamo's config is process-wide, so overlapping calls (several threads, several
-    models) must not restore a flag another call still relies on: the first call in sets a flag, the last
-    one out restores the user's value. The flags we set only ever switch a capture on, so the calls agree."""
+    """Dynamo config flags (read when Dynamo traces) for the frames Dynamo compiles during our calls.
+
+    Entering marks the calling thread as inside one of our calls; the flags are set only while Dynamo
+    compiles a frame (its compile-start / compile-end callbacks), so a steady-state call costs two list
+    operations instead of a config patch. When a compile is already in flight (in another thread) as our
+    call begins, Dynamo would not announce ours, so the flags are held for the whole call instead. Dynamo's
+    config is process-wide: holders are counted and the user's values come back when the last one is done;
+    the flags we set only ever switch a capture on, so overlapping holders agree."""
 
     _lock = threading.Lock()
     _held: dict[str, list] = {}  # flag -> [holders, the user's value]
+    _calls = threading.local()  # per thread: the flag sets of our calls in flight, innermost last
+    _by_compile: list[dict] = []  # the flag sets the compile-start callback holds until compile end
 
     def __init__(self, **flags: Any) -> None:
-        import torch._dynamo.config as dynamo_config
+        from torch._dynamo.callback import callback_handler
 
-        self.config, self.flags = dynamo_config, flags
+        self.flags, self._registered = flags, callback_handler.start_callbacks
 
     def __enter__(self) -> None:
-        with self._lock:
-            for k, v in self.flags.items():
-                held = self._held.get(k)
-                if held is None:
-                    held = self._held[k] = [0, getattr(self.config, k)]
-                    setattr(self.config, k, v)
-                held[0] += 1
+        if DynamoFlags._on_compile_start not in self._registered:  # first call, or after `torch._dynamo.reset()`
+            DynamoFlags._install()
+        stack = DynamoFlags._calls.__dict__.setdefault("stack", [])
+        whole = _compiles_in_flight()
+        if whole:
+            DynamoFlags._hold(self.flags)
+        stack.append((self.flags, whole))
 
     def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            for k in self.flags:
-                held = self._held[k]
+        flags, whole = DynamoFlags._calls.stack.pop()
+        if whole:
+            DynamoFlags._release(flags)
+
+    @classmethod
+    def _install(cls) -> None:
+        from torch._dynamo.callback import callback_handler
+
+        with cls._lock:
+            if cls._on_compile_start not in callback_handler.start_callbacks:
+                callback_handler.register_start_callback(cls._on_compile_start)
+                callback_handler.register_end_callback(cls._on_compile_end)
+
+    @classmethod
+    def _on_compile_start(cls, *args: Any) -> None:
+        stack = getattr(cls._calls, "stack", None)
+        if stack:
+            cls._hold(stack[-1][0])
+            cls._by_compile.append(stack[-1][0])
+
+    @classmethod
+    def _on_compile_end(cls, *args: Any) -> None:
+        while cls._by_compile:
+            cls._release(cls._by_compile.pop())
+
+    @classmethod
+    def _hold(cls, flags: dict) -> None:
+        import torch._dynamo.config as config
+
+        with cls._lock:
+            for k, v in flags.items():
+                held = cls._held.get(k)
+                if held is None:
+                    held = cls._held[k] = [0, getattr(config, k)]
+                    setattr(config, k, v)
+                held[0] += 1
+
+    @classmethod
+    def _release(cls, flags: dict) -> None:
+        import torch._dynamo.config as config
+
+        with cls._lock:
+            for k in flags:
+                held = cls._held[k]
                 held[0] -= 1
                 if held[0] == 0:
-                    setattr(self.config, k, held[1])
-                    del self._held[k]
+                    setattr(config, k, held[1])
+                    del cls._held[k]
+
+
+def _compiles_in_flight() -> bool:
+    """Whether Dynamo is compiling a frame right now (in any thread: its callbacks then stay silent for a
+    nested or concurrent compile). True when this torch does not say."""
+    from torch._dynamo.callback import callback_handler
+
+    return getattr(callback_handler, "_CompilationCallbackHandler__pending_callbacks_counter", 1) > 0
 
 
 def reset_dynamo() -> None:

@@ -9,7 +9,6 @@ policies and their per-shape states as extra inputs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import logging
@@ -197,23 +196,32 @@ class GraphRunner:
         extra: list[torch.Tensor] | None = []
         keys = None
         if self.regions:
-            serial = h.store.mine().serial  # each thread its own state tensors
-            if self._epoch != h.store.epoch:
+            store = h.store
+            serial = store.mine().serial  # each thread its own state tensors
+            if self._epoch != store.epoch:
                 self._extra.clear()
                 self._states.clear()
-                self._epoch = h.store.epoch
-            keys = (serial, tuple(ev(args)[0] for ev in self.shape_of))
+                self._epoch = store.epoch
+            keys = (serial, *[ev(args)[0] for ev in self.shape_of])
             extra = self._extra.get(keys)
         if extra is None:  # new sizes: the host checks them against the step, so it classifies this call
             h.classify(self.device, eager=True)
             extra = self._extra[keys] = self._tensors(args, keys)
         else:
             h.classify(self.device, in_graph=self.classifies)
-        for name, dims, state in self._states.get(keys, ()):
-            h.store.note_call(name, dims, state)
-        taken = args if self.kept is None else [args[i] for i in self.kept]
-        with torch.no_grad(), regional.graph_inputs(args) if h.regional else contextlib.nullcontext():
-            return self.compiled(*taken, *extra)
+        states = self._states.get(keys)
+        if states:
+            for name, dims, state in states:
+                h.store.note_call(name, dims, state)
+        taken = list(args) if self.kept is None else [args[i] for i in self.kept]
+        taken += extra
+        if h.regional:
+            with torch.no_grad(), regional.graph_inputs(args):
+                return self.compiled(*taken)
+        if not torch.is_grad_enabled():
+            return self.compiled(*taken)
+        with torch.no_grad():
+            return self.compiled(*taken)
 
     def _tensors(self, args, keys) -> list[torch.Tensor]:
         store = self.handle.store
@@ -342,12 +350,18 @@ class CacheBackend:
         return info.runner
 
     def _inductor(self, gm: GraphModule, example_inputs: list) -> Callable:
-        """The graph compiled by inductor; its inputs: Dynamo's, then the state tensors the passes added."""
+        """The graph compiled by inductor; its inputs: Dynamo's, then the state tensors the passes added.
+
+        Without inductor's per-call size and stride asserts (unless the user asks for them): Dynamo's guards
+        already check every input it passes (their sizes and strides), and the state tensors are ours, allocated
+        with the layouts the graph was compiled for; on a small model the asserts cost more host time per call
+        than the cache's own bookkeeping (about 150 checks per call on the tiny bench model)."""
         with _compat.backend_fake_mode(example_inputs):  # the state inputs' examples, in inductor's fake mode
             fakes = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in
                      (value_of(n) for n in placeholders(gm)[len(example_inputs):])]
+        options = {"size_asserts": False, **self.handle.inductor_options}
         with torch.no_grad(), _compat.compile_caches_for(registry.IN_GRAPH, registry.source_version()):
-            return _compat.compile_fx(gm, [*example_inputs, *fakes], self.handle.inductor_options)
+            return _compat.compile_fx(gm, [*example_inputs, *fakes], options)
 
     def _find_timestep(self, gm: GraphModule, arg_of, names: list[str]) -> Node | None:
         h = self.handle
