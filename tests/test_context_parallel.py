@@ -6,30 +6,19 @@ and those steps and the latents equal a single-process run on the full sequence.
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import socket
-import traceback
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from dit_cache_fx import _compat
+
+from ranks import run_ranks
 
 STEPS = 3  # step 0 computed (W1), step 1 decided on the diff, step 2 computed again (MC1)
 SPEC = "F1B0_W1MC1"
 TIMEOUT_S = 420
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _patch_for_cpu(ring: bool) -> None:
@@ -106,79 +95,57 @@ def _local_diffs(model, name: str) -> tuple[float, float]:
     return float((r0.double() - r1.double()).abs().sum()), float(r0.double().abs().sum())
 
 
-def _worker(rank: int, world: int, port: int, mode: str, out_dir: str) -> None:
+def _ranks_decide(rank: int, world: int, mode: str) -> dict:
+    """One rank: Flux and Wan under context parallelism, compiled at a threshold where the ranks' local diffs
+    would disagree (see the module docstring)."""
     mode, _, regional = mode.partition("-")
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
-    try:
-        from diffusers import ContextParallelConfig, WanTransformer3DModel
-        from torch._dynamo.utils import counters
+    from diffusers import ContextParallelConfig, WanTransformer3DModel
+    from torch._dynamo.utils import counters
 
-        import dit_cache_fx
-        from dit_cache_fx.reference import EagerDBCache
+    import dit_cache_fx
+    from dit_cache_fx.reference import EagerDBCache
 
-        from tiny_models import MODELS
+    from tiny_models import MODELS
 
-        _patch_for_cpu(ring=mode == "ring")
-        result = {}
-        for name in ("flux", "wan"):
-            cp = _model(name)
-            cp.set_attention_backend("native")
-            plan = {k: v for k, v in WanTransformer3DModel._cp_plan.items() if k != ""} if name == "wan" else None
-            degree = {"ulysses_degree": world} if mode == "ulysses" else {"ring_degree": world}
-            cp.enable_parallelism(config=ContextParallelConfig(**degree), cp_plan=plan)
-            # the ranks' local diffs at step 1 (this eager run is also the warm-up Wan's CP hooks need)
-            sums = [None] * world
-            dist.all_gather_object(sums, _local_diffs(cp, name))
-            local = [a / b for a, b in sums]
-            overall = sum(a for a, _ in sums) / sum(b for _, b in sums)
-            thr = (overall + max(local)) / 2  # the rank at max(local) alone would compute, the other cache
-            config = dit_cache_fx.CacheConfig.parse(f"{SPEC}_R{thr}")
+    _patch_for_cpu(ring=mode == "ring")
+    result = {}
+    for name in ("flux", "wan"):
+        cp = _model(name)
+        cp.set_attention_backend("native")
+        plan = {k: v for k, v in WanTransformer3DModel._cp_plan.items() if k != ""} if name == "wan" else None
+        degree = {"ulysses_degree": world} if mode == "ulysses" else {"ring_degree": world}
+        cp.enable_parallelism(config=ContextParallelConfig(**degree), cp_plan=plan)
+        # the ranks' local diffs at step 1 (this eager run is also the warm-up Wan's CP hooks need)
+        sums = [None] * world
+        dist.all_gather_object(sums, _local_diffs(cp, name))
+        local = [a / b for a, b in sums]
+        overall = sum(a for a, _ in sums) / sum(b for _, b in sums)
+        thr = (overall + max(local)) / 2  # the rank at max(local) alone would compute, the other cache
+        config = dit_cache_fx.CacheConfig.parse(f"{SPEC}_R{thr}")
 
-            single = _model(name)  # single process, full sequence: the eager oracle at the same threshold
-            ora = EagerDBCache.single(single, config, MODELS[name].blocks, MODELS[name].pattern)
-            want = _loop(single, name, cfg=name == "wan")
-            ora.remove()
+        single = _model(name)  # single process, full sequence: the eager oracle at the same threshold
+        ora = EagerDBCache.single(single, config, MODELS[name].blocks, MODELS[name].pattern)
+        want = _loop(single, name, cfg=name == "wan")
+        ora.remove()
 
-            counters.clear()
-            compiled = dit_cache_fx.compile(cp, cache=config, regional=bool(regional))
-            got = _loop(compiled, name, cfg=name == "wan")
-            s = dit_cache_fx.summary(compiled)
-            result[name] = dict(local=local, overall=overall, thr=thr, cached=s.cached_steps,
-                                cached_uncond=s.branches[1].cached_steps if 1 in s.branches else None,
-                                oracle=ora.cached_steps(), oracle_uncond=ora.cached_steps(1),
-                                err=float((got - want).norm() / want.norm()), breaks=len(counters["graph_break"]),
-                                group=dit_cache_fx.api.handle_of(compiled).group,
-                                outer=[g.outer for g in dit_cache_fx.api.handle_of(compiled).graphs])
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(result, f)
-    except BaseException:
-        with open(os.path.join(out_dir, f"rank{rank}.error"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
+        counters.clear()
+        compiled = dit_cache_fx.compile(cp, cache=config, regional=bool(regional))
+        got = _loop(compiled, name, cfg=name == "wan")
+        s = dit_cache_fx.summary(compiled)
+        result[name] = dict(local=local, overall=overall, thr=thr, cached=s.cached_steps,
+                            cached_uncond=s.branches[1].cached_steps if 1 in s.branches else None,
+                            oracle=ora.cached_steps(), oracle_uncond=ora.cached_steps(1),
+                            err=float((got - want).norm() / want.norm()), breaks=len(counters["graph_break"]),
+                            group=dit_cache_fx.api.handle_of(compiled).group,
+                            outer=[g.outer for g in dit_cache_fx.api.handle_of(compiled).graphs])
+    return result
 
 
 @pytest.mark.skipif(_compat.context_parallel_unsupported() is not None,
                     reason="torch < 2.13: compile() raises UnsupportedTorchError (tests/test_errors.py)")
 @pytest.mark.parametrize("mode", ["ulysses", "ring", "ulysses-regional"])
 def test_context_parallel_ranks_decide_together(mode, tmp_path):
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, mode, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=TIMEOUT_S)
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    errors = {f.name: f.read_text() for f in tmp_path.glob("*.error")}
-    assert not hung and not errors, f"hung ranks {hung}; errors {errors}"
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = run_ranks(_ranks_decide, tmp_path, mode, timeout_s=TIMEOUT_S)
     for name in ("flux", "wan"):
         r0, r1 = ranks[0][name], ranks[1][name]
         lo, hi = sorted(r0["local"])

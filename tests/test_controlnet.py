@@ -14,12 +14,12 @@ depending on the load); all but the plain Flux and SD3 cases are marked slow (`-
 
 import pytest
 import torch
-from tiny_controlnet import CONTROLNET_PIPELINES, HAVE_TRANSFORMERS
 
 import dit_cache_fx
 from dit_cache_fx.reference import EagerDBCache
 
 from helpers import handle, rel_err
+from tiny_controlnet import CONTROLNET_PIPELINES, HAVE_TRANSFORMERS
 
 pytestmark = pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="diffusers' pipeline classes need transformers")
 

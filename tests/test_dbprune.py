@@ -266,72 +266,40 @@ def test_calibrated_prune_equals_oracle(key, spec, kwargs):
 CP_SPEC, CP_STEPS = "DBPrune_F1B0_W2_R0.1_DT1", 6
 
 
-def _cp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import datetime
-    import json
-    import os
-    import traceback
+def _ranks_prune(rank: int, world: int) -> dict:
+    """One rank: Flux under Ulysses, DBPrune compiled; the oracle on the full sequence in one process."""
+    from diffusers import ContextParallelConfig
+    from torch._dynamo.utils import counters
 
-    import torch.distributed as dist
+    from test_context_parallel import _loop, _patch_for_cpu
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
-    try:
-        from diffusers import ContextParallelConfig
-        from test_context_parallel import _loop, _patch_for_cpu
-        from torch._dynamo.utils import counters
-
-        _patch_for_cpu(ring=False)
-        m, config = MODELS["flux"], as_config(CP_SPEC)
-        single = m.build()  # one process, the full sequence: the oracle
-        ora = reference.EagerDBPrune.single(single, config, m.blocks, m.pattern)
-        want = _loop(single, "flux", cfg=False, steps=CP_STEPS)
-        ora.remove()
-        cp = m.build()
-        cp.set_attention_backend("native")
-        cp.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
-        counters.clear()
-        compiled = dit_cache_fx.compile(cp, cache=config)
-        got = _loop(compiled, "flux", cfg=False, steps=CP_STEPS)
-        s = dit_cache_fx.summary(compiled)
-        result = dict(pruned={str(k): v for k, v in s.branches[0].pruned.items()},
-                      oracle={str(k): v for k, v in ora.pruned().items()},
-                      err=float((got - want).norm() / want.norm()), breaks=len(counters["graph_break"]),
-                      group=handle(compiled).group)
-        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-            json.dump(result, f)
-    except BaseException:
-        with open(os.path.join(out_dir, f"rank{rank}.error"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
+    _patch_for_cpu(ring=False)
+    m, config = MODELS["flux"], as_config(CP_SPEC)
+    single = m.build()  # one process, the full sequence: the oracle
+    ora = reference.EagerDBPrune.single(single, config, m.blocks, m.pattern)
+    want = _loop(single, "flux", cfg=False, steps=CP_STEPS)
+    ora.remove()
+    cp = m.build()
+    cp.set_attention_backend("native")
+    cp.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+    counters.clear()
+    compiled = dit_cache_fx.compile(cp, cache=config)
+    got = _loop(compiled, "flux", cfg=False, steps=CP_STEPS)
+    s = dit_cache_fx.summary(compiled)
+    return dict(pruned={str(k): v for k, v in s.branches[0].pruned.items()},
+                oracle={str(k): v for k, v in ora.pruned().items()},
+                err=float((got - want).norm() / want.norm()), breaks=len(counters["graph_break"]),
+                group=handle(compiled).group)
 
 
 def test_context_parallel_ranks_prune_together(tmp_path):
-    import json
-
     import torch.distributed as dist
-    import torch.multiprocessing as mp
-    from test_context_parallel import _free_port
+
+    from ranks import run_ranks
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("needs gloo")
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_cp_worker, args=(r, 2, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=420)
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    errors = {f.name: f.read_text() for f in tmp_path.glob("*.error")}
-    assert not hung and not errors, f"hung ranks {hung}; errors {errors}"
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    r0, r1 = run_ranks(_ranks_prune, tmp_path)
     assert r0["group"] is not None and r0["breaks"] == r1["breaks"] == 0
     assert r0["pruned"] == r1["pruned"] == r0["oracle"] == {"2": [1, 2, 3, 4, 5], "3": [2, 3, 4, 5], "4": [1],
                                                             "5": [2, 3, 4, 5]}

@@ -11,11 +11,11 @@ hooks run and move nothing; what is tested is that they run outside the compiled
 
 import pytest
 import torch
-from tiny_pipelines import HAVE_TRANSFORMERS, PIPELINES
 
 import dit_cache_fx
 
 from helpers import handle, max_rel_err
+from tiny_pipelines import HAVE_TRANSFORMERS, PIPELINES
 
 pytest.importorskip("accelerate")
 pytestmark = pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="diffusers pipelines need transformers")

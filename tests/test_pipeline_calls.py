@@ -7,12 +7,12 @@ import threading
 
 import pytest
 import torch
-from tiny_pipelines import HAVE_TRANSFORMERS, PIPELINES
 
 import dit_cache_fx
 
 from helpers import handle, rel_err
 from tiny_models import MODELS, run_loop
+from tiny_pipelines import HAVE_TRANSFORMERS, PIPELINES
 
 pytestmark = pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="diffusers' pipeline classes need transformers")
 

@@ -5,7 +5,6 @@ where the pipeline calls the transformer twice per step, and a second call compi
 
 import pytest
 import torch
-from tiny_pipelines import HAVE_TRANSFORMERS, PIPELINES
 
 import dit_cache_fx
 from dit_cache_fx.reference import EagerDBCache
@@ -13,6 +12,7 @@ from dit_cache_fx.reference import EagerDBCache
 from extra_models import EXTRA_MODELS
 from helpers import handle, rel_err
 from tiny_models import MODELS
+from tiny_pipelines import HAVE_TRANSFORMERS, PIPELINES
 
 pytestmark = pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="diffusers' pipeline classes need transformers")
 

@@ -21,10 +21,10 @@ from typing import Any
 import diffusers
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
-from tiny_pipelines import COND_LEN, HAVE_TRANSFORMERS, TEXT_DIM, UNCOND_LEN, TinyPipeline  # noqa: F401 (re-export)
 
 from extra_models import EXTRA_MODELS
 from tiny_models import MODELS
+from tiny_pipelines import COND_LEN, HAVE_TRANSFORMERS, TEXT_DIM, UNCOND_LEN, TinyPipeline  # noqa: F401 (re-export)
 
 
 def _r(g: torch.Generator, *shape: int) -> torch.Tensor:
