@@ -177,7 +177,7 @@ def plot(points: list[Point], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     step_counts = sorted({p.steps for p in points})
-    fig, axes = plt.subplots(1, len(step_counts), figsize=(6 * len(step_counts), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(step_counts), figsize=(6 * len(step_counts) + 4, 5), squeeze=False)
     for ax, steps in zip(axes[0], step_counts):
         base = sorted((p for p in points if p.steps == steps and p.cached is None and p.saved > 0),
                       key=lambda p: p.saved)
@@ -193,7 +193,7 @@ def plot(points: list[Point], path: Path) -> None:
         ax.set(title=f"{steps} steps", xlabel="fraction of transformer-block compute saved",
                ylabel="PSNR vs uncached full-step output (dB)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # one legend, beside the plots
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
