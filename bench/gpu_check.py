@@ -613,6 +613,28 @@ def host_syncs(ctx: Ctx, fn: Callable[[], Any], steps: int) -> tuple[str, str]:
     return f"{syncs / steps:.2f}", f"{dtoh / steps:.2f}"
 
 
+def call_times(ctx: Ctx, model: Callable, flux: Flux) -> tuple[str, str]:
+    """(host µs, device µs) per call, medians over one generation: the wall time until the call returns
+    (what the host spends issuing it, no sync inside the loop) and CUDA-event time around it. Host above device
+    means the step waits on Python."""
+    ts, x, host, events = flux.timesteps.split(1), flux.latents, [], []
+    with torch.no_grad():
+        for t in ts:
+            start = torch.cuda.Event(enable_timing=True) if ctx.cuda else None
+            end = torch.cuda.Event(enable_timing=True) if ctx.cuda else None
+            t0 = time.perf_counter()
+            if start is not None:
+                start.record()
+            x = denoise_step(model, flux, x, t)
+            if end is not None:
+                end.record()
+            host.append((time.perf_counter() - t0) * 1e6)
+            events.append((start, end))
+    sync(ctx.device)
+    device = (f"{statistics.median(a.elapsed_time(b) * 1e3 for a, b in events):.0f}" if ctx.cuda else NEEDS_CUDA)
+    return f"{statistics.median(host):.0f}", device
+
+
 @dataclass
 class Result:
     ms_step: float
@@ -620,6 +642,7 @@ class Result:
     first_s: float | None = None
     cached: list[int] | None = None
     syncs: tuple[str, str] = ("-", "-")
+    call_us: tuple[str, str] = ("-", "-")  # host µs / device µs per call
     fnbn: int = 1  # blocks a cached step still computes (Fn + Bn, summed over cache contexts)
     note: str = ""
 
@@ -632,9 +655,10 @@ def measure(ctx: Ctx, model: Callable, flux: Flux, *, first_call: bool,
     runs = [timed_generation(model, flux, ctx.device) for _ in range(flux.size.repeats)]
     cached = cached_of() if cached_of else None
     syncs = host_syncs(ctx, partial(generation, model, flux), flux.size.steps)
+    call_us = call_times(ctx, model, flux)
     late = unique_graphs() - graphs
     return Result(statistics.median(t for t, _ in runs) / flux.size.steps * 1e3, runs[-1][1],
-                  first if first_call else None, cached, syncs,
+                  first if first_call else None, cached, syncs, call_us,
                   note=f"{late} graphs compiled after the warm-up" if late else "")
 
 
@@ -804,7 +828,7 @@ def cache_row(name: str, r: Outcome, v: Variant, results: dict[str, Outcome], fl
            f"{max_rel_err(r.x, ref.x):.1e} vs {label}" if isinstance(ref, Result) else "-")
     first = f"{r.first_s:.1f}" if r.first_s is not None else "-"
     return [name, "ok", f"{r.ms_step:.2f}", ratio("eager"), ratio("torch.compile"), cached, bound, got, frac,
-            first, *r.syncs, err, r.note]
+            first, *r.syncs, *r.call_us, err, r.note]
 
 
 def cache_section(ctx: Ctx) -> list[str]:
@@ -816,7 +840,7 @@ def cache_section(ctx: Ctx) -> list[str]:
         print(f"  {name}: {_brief(results[name])}", flush=True)
     table = Table("variant", "status", "ms/step", "vs eager", "vs torch.compile", "cached", "block bound",
                   "measured speedup", "measured / bound", "first call s", "host syncs/step", "DtoH copies/step",
-                  "max rel err", "notes")
+                  "host µs/call", "device µs/call", "max rel err", "notes")
     for name, v in variants.items():
         try:
             table.add(*cache_row(name, results[name], v, results, flux))
@@ -845,7 +869,8 @@ def cache_intro(ctx: Ctx, flux: Flux) -> list[str]:
             f"Each variant: a warm-up generation (its first call timed: `first call s`, the compile), "
             f"{size.repeats} timed generation(s) (median, ms per step), one generation under torch.profiler "
             "(host syncs: cudaStreamSynchronize / cudaDeviceSynchronize / cudaEventSynchronize calls; DtoH: "
-            "device-to-host memcpys)."]
+            "device-to-host memcpys), one generation timed call by call (host µs: wall time until the call "
+            "returns; device µs: CUDA events around it; medians)."]
 
 
 def cache_notes(flux: Flux) -> list[str]:

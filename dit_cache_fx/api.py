@@ -335,6 +335,10 @@ def _end_call(handle: CacheHandle, call) -> None:
         why.append(f"the model was traced as {len(handle.graphs)} graphs: graph breaks (data-dependent Python inside "
                    "the blocks, e.g. MoE routing) split the block runs so that no graph holds one; Dynamo's reasons: "
                    + "; ".join(_compat.graph_break_reasons()[:3]))
+    if any("marked as skipped" in r for r in _compat.graph_break_reasons()):
+        why.append("Dynamo skips code an earlier torch.compile in this process marked as skipped (e.g. compiling a "
+                   "model that another cache library wraps, whose graph breaks land in the same block classes); "
+                   "torch._dynamo.reset() before dit_cache_fx.compile clears those marks")
     detail = ("; ".join(why) if why else "a run is >= 2 consecutive `<list>.<i>` blocks of one class whose outputs "
               "feed the next one directly")
     if handle.on_no_blocks == "raise":

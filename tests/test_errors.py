@@ -51,6 +51,17 @@ def test_no_repeated_blocks():
         _call(compiled)
 
 
+def test_no_block_run_names_skip_marks_left_by_an_earlier_compile(monkeypatch):
+    """Dynamo skipping code an earlier torch.compile marked (cache-dit's wrapped model compiled in the same
+    process does it to Flux's blocks, `bench/bench_peer.py`): the error says what clears it."""
+    from dit_cache_fx import _compat
+
+    monkeypatch.setattr(_compat, "graph_break_reasons", lambda: ["Attempted to call function marked as skipped"])
+    compiled = dit_cache_fx.compile(NoBlocks(), cache="F1B0")
+    with pytest.raises(dit_cache_fx.NoBlockRunError, match=r"marked as skipped.*torch\._dynamo\.reset\(\) before"):
+        _call(compiled)
+
+
 def test_no_repeated_blocks_opt_in_plain_compile():
     model = NoBlocks()
     compiled = dit_cache_fx.compile(model, cache="F1B0", on_no_blocks="compile")

@@ -43,6 +43,10 @@ def test_cpu_smoke_fills_every_section(tmp_path):
     cached = _rows(text, "dit_cache_fx F1B0_W1MC2_R1.0 | ok |")[0]
     assert " | 2/4 | " in cached and "0 new graphs" in cached
     assert " | 2/4 | " in _rows(text, "eager oracle F1B0_W1MC2_R1.0")[0]
+    # per-call host time for every measured row (device time needs CUDA)
+    assert "host µs/call | device µs/call" in text
+    cells = cached.split(" | ")
+    assert cells[cells.index("skipped: needs CUDA", 12) - 1].isdigit(), cached
     assert _rows(text, "dit_cache_fx F1B0_W4_R0 regional | ok |")[0].split(" | ")[5] == "0/4"  # regional mode too
     cached = _rows(text, "dit_cache_fx F1B0_W1MC2_R1.0 regional | ok |")[0]
     assert " | 2/4 | " in cached and "0 new graphs" in cached
