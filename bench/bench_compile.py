@@ -3,6 +3,7 @@
     python bench/bench_compile.py            # hidden 512, 4 double + 8 single blocks, 1024 image tokens
     python bench/bench_compile.py --quick    # a smaller config for a smoke run
     python bench/bench_compile.py --resolutions-only   # static shapes vs dynamic=True over 3 resolutions
+    python bench/bench_compile.py --overhead-only      # per-call µs at threshold 0 against torch.compile
 
 All variants run in one process, interleaved generation by generation, and are reported as ratios.
 Compile times are measured in fresh subprocesses, each with its own inductor cache directory, cold and
@@ -233,6 +234,7 @@ def main() -> None:
     p.add_argument("--compile-only", action="store_true", help="only the fresh-process compile-time table")
     p.add_argument("--resolutions-only", action="store_true", help="only the static vs dynamic=True resolution rows")
     p.add_argument("--regional-only", action="store_true", help="only the regional-compile rows (deep model)")
+    p.add_argument("--overhead-only", action="store_true", help="only the per-call time of a tiny model at R0")
     a = p.parse_args()
     if a.child:
         return compile_time_child(a.child, a.config)
@@ -245,6 +247,12 @@ def main() -> None:
         return None
     if a.regional_only:
         print("\n".join(regional_rows(a.compile_repeats, a.steps)))
+        return None
+    if a.overhead_only:
+        torch.set_num_threads(1)
+        us_plain, us_dcf = call_overhead(repeats=9)
+        print(f"per-call time of a tiny model: torch.compile {us_plain:.0f} µs, dit_cache_fx {us_dcf:.0f} µs "
+              f"({us_dcf - us_plain:+.0f} µs)")
         return None
     cfg_name = "quick" if a.quick else "full"
     torch.set_num_threads(min(2, os.cpu_count() or 1))
