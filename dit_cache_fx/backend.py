@@ -25,7 +25,7 @@ from torch.fx import GraphModule, Node
 from . import _compat
 from .config import CFG_BRANCH_OF_NAME, RunSpecs
 from .errors import CachePlanError, DitCacheError, UnsupportedWeightsError
-from .passes.graph_utils import placeholders, value_of
+from .passes.graph_utils import check_graph, placeholders, value_of
 from .passes.outline import drop_unused_inputs, outline_graph
 from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
 from .passes.rewrite import flatten_subclass_operands
@@ -321,6 +321,7 @@ class CacheBackend:
         if h.regional:
             block_options = {k: v for k, v in h.inductor_options.items() if k != "triton.cudagraphs"}
             outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)}, block_options)
+            check_graph(gm)  # lint of the graph and its branches, no aliased cond operands
             regional.own(h, outlined.keys)
             kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
             example_inputs = [example_inputs[i] for i in kept]
