@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # core models, kernels, context parallel in one mode, a couple of pipelines, the regional mode
 FAST_SUBSET = [
     "tests/test_config.py",
+    "tests/test_compat.py",
     "tests/test_passes.py",
     "tests/test_kernels.py",
     "tests/test_policy.py",
@@ -38,6 +39,7 @@ FAST_SUBSET = [
     "tests/test_context_parallel.py::test_context_parallel_ranks_decide_together[ulysses]",
     "tests/test_pipelines.py::test_pipeline[flux]",
     "tests/test_pipelines.py::test_pipeline[wan21]",
+    "tests/test_dbprune.py::test_calibrated_prune_equals_oracle[foca-cfg-regional]",
 ]
 
 
