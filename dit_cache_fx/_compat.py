@@ -241,16 +241,16 @@ def graph_break_reasons() -> list[str]:
 class DynamoFlags:
     """Dynamo config flags (read when Dynamo traces) for the frames Dynamo compiles during our calls.
 
-    Entering marks the calling thread as inside one of our calls; the flags are set only while Dynamo
-    compiles a frame (its compile-start / compile-end callbacks), so a steady-state call costs two list
-    operations instead of a config patch. When a compile is already in flight (in another thread) as our
-    call begins, Dynamo would not announce ours, so the flags are held for the whole call instead. Dynamo's
-    config is process-wide: holders are counted and the user's values come back when the last one is done;
-    the flags we set only ever switch a capture on, so overlapping holders agree."""
+    Entering records the call (per thread); the flags are set only while Dynamo compiles a frame while any
+    call of ours is in flight (its compile-start / compile-end callbacks), so a steady-state call costs a few
+    dict operations instead of a config patch. When a compile is already in flight as our call begins, Dynamo
+    will not announce ours (its callbacks fire for the outermost compile only), so the flags are held for the
+    whole call instead. Dynamo's config is process-wide: holders are counted and the user's values come back
+    when the last one is done; the flags we set only ever switch a capture on, so overlapping holders agree."""
 
     _lock = threading.Lock()
     _held: dict[str, list] = {}  # flag -> [holders, the user's value]
-    _calls = threading.local()  # per thread: the flag sets of our calls in flight, innermost last
+    _in_flight: dict[int, list[dict]] = {}  # thread id -> the flag sets of its calls in flight, innermost last
     _by_compile: list[dict] = []  # the flag sets the compile-start callback holds until compile end
 
     def __init__(self, **flags: Any) -> None:
@@ -261,14 +261,17 @@ class DynamoFlags:
     def __enter__(self) -> None:
         if DynamoFlags._on_compile_start not in self._registered:  # first call, or after `torch._dynamo.reset()`
             DynamoFlags._install()
-        stack = DynamoFlags._calls.__dict__.setdefault("stack", [])
         whole = _compiles_in_flight()
         if whole:
             DynamoFlags._hold(self.flags)
-        stack.append((self.flags, whole))
+        DynamoFlags._in_flight.setdefault(threading.get_ident(), []).append((self.flags, whole))
 
     def __exit__(self, *exc: Any) -> None:
-        flags, whole = DynamoFlags._calls.stack.pop()
+        tid = threading.get_ident()
+        calls = DynamoFlags._in_flight[tid]
+        flags, whole = calls.pop()
+        if not calls:
+            del DynamoFlags._in_flight[tid]
         if whole:
             DynamoFlags._release(flags)
 
@@ -283,10 +286,10 @@ class DynamoFlags:
 
     @classmethod
     def _on_compile_start(cls, *args: Any) -> None:
-        stack = getattr(cls._calls, "stack", None)
-        if stack:
-            cls._hold(stack[-1][0])
-            cls._by_compile.append(stack[-1][0])
+        flags = {k: v for calls in list(cls._in_flight.values()) for f, _ in calls for k, v in f.items()}
+        if flags:
+            cls._hold(flags)
+            cls._by_compile.append(flags)
 
     @classmethod
     def _on_compile_end(cls, *args: Any) -> None:

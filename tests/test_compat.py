@@ -39,3 +39,31 @@ def test_a_users_value_comes_back():
             f(torch.ones(3))
         assert dynamo_config.capture_dynamic_output_shape_ops is True
         assert dynamo_config.capture_scalar_outputs is False
+
+
+def test_a_compile_while_a_call_is_in_flight_in_another_thread_sees_the_flags():
+    """Dynamo announces only the outermost of overlapping compiles, so a compile that starts while one of our
+    calls is in flight anywhere sets the flags: our call's own trace may be the one it does not announce."""
+    import threading
+
+    flags = _compat.DynamoFlags(capture_scalar_outputs=True)
+    inside, done, seen = threading.Event(), threading.Event(), []
+
+    def call():
+        with flags:
+            inside.set()
+            done.wait(60)
+
+    def probe(gm, example_inputs):
+        seen.append(dynamo_config.capture_scalar_outputs)
+        return gm.forward
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        assert inside.wait(60)
+        torch.compile(lambda x: x * 5, backend=probe)(torch.ones(2))
+    finally:
+        done.set()
+        t.join(60)
+    assert seen == [True] and dynamo_config.capture_scalar_outputs is False
