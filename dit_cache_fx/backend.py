@@ -31,7 +31,7 @@ from .passes.pipeline import PipelineRecord, RegionRecord, run_passes
 from .passes.rewrite import flatten_subclass_operands
 from .passes.timestep import find_timestep
 from .runtime import regional, registry, step
-from .runtime.layout import RegionDims
+from .runtime.layout import RegionDims, StepContext
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +181,13 @@ class CallState:
 class GraphRunner:
     """The callable the backend returns for a graph: appends the state tensors and runs it without grad."""
 
-    def __init__(self, handle: CacheHandle, compiled: Callable, regions: list[RegionRecord],
+    def __init__(self, handle: CacheHandle, compiled: Callable, record: PipelineRecord,
                  symbols: dict, device: torch.device | None, kept: list[int] | None = None) -> None:
-        self.handle, self.compiled, self.regions, self.device = handle, compiled, regions, device
+        self.handle, self.compiled, self.device = handle, compiled, device
+        self.regions, self.signature = record.regions, record.inputs
         self.classifies = False  # the graph classifies a pending call itself
         self.kept = kept  # the Dynamo inputs the compiled graph takes (regional mode drops the weights only blocks read)
-        self.shape_of = [_dims_evaluator(r.dims, symbols) for r in regions]
+        self.shape_of = [_dims_evaluator(r.dims, symbols) for r in self.regions]
         self._extra: dict[tuple, list[torch.Tensor]] = {}
         self._states: dict[tuple, list] = {}  # per key: (region name, dims, state) of each region
         self._epoch = -1
@@ -224,17 +225,18 @@ class GraphRunner:
             return self.compiled(*taken)
 
     def _tensors(self, args, keys) -> list[torch.Tensor]:
+        """The added inputs of this call's sizes, bound by the graph's signature (`PipelineRecord.inputs`)."""
         store = self.handle.store
-        out = store.context(self.device).tensors()
+        groups = {(StepContext.prefix, None): store.context(self.device)}
         states = []
         for r, ev in zip(self.regions, self.shape_of):
             _, dims = ev(args)
-            out += store.policy(r.plan.name, r.plan.config, self.device).tensors()
+            pol = store.policy(r.plan.name, r.plan.config, self.device)
             state = store.state(r.plan.name, dims, self.device)
+            groups[pol.prefix, r.rid], groups[state.prefix, r.rid] = pol, state
             states.append((r.plan.name, dims, state))
-            out += state.tensors()
         self._states[keys] = states
-        return out
+        return [groups[s.group, s.rid].tensor(s.slot) for s in self.signature]
 
 
 def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[tuple, RegionDims]]:
@@ -346,7 +348,7 @@ class CacheBackend:
                 "which keeps the weights outside the cond") from e
         if device is None and h.store.ctx is not None:
             device = h.store.ctx.call.device
-        info.runner = GraphRunner(h, compiled, record.regions, _symbols(inputs), device, kept)
+        info.runner = GraphRunner(h, compiled, record, _symbols(inputs), device, kept)
         info.runner.classifies = record.classifies
         return info.runner
 

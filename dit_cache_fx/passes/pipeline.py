@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.fx import GraphModule, Node
@@ -26,6 +27,15 @@ from .graph_utils import check_graph, ordered, placeholders, value_of
 from .plan import RegionPlan, plan_region
 from .prune import PrunePlan, plan_prune, prune_dims, remap_prune, rewrite_prune
 from .rewrite import propagate_values, remap_plan, rewrite_region
+
+
+class InputSlot(NamedTuple):
+    """One tensor input the passes added to the graph: its group's prefix (`layout`: ctx, pol, st), its
+    region (None for the step context) and its slot name in the group (`StateGroup.flat`)."""
+
+    group: str
+    rid: str | None
+    slot: str
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,8 @@ class PipelineRecord:
     rejected: list[Rejected] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run part, why it is not cached)
     regions: list[RegionRecord] = field(default_factory=list)
-    inputs: list[tuple[str, str | None, str]] = field(default_factory=list)  # added inputs: (group, rid, slot)
+    # the graph's signature past Dynamo's inputs: the added inputs in graph order; the runner binds by it
+    inputs: list[InputSlot] = field(default_factory=list)
     classifies: bool = False  # the graph classifies a pending call itself (it takes the timestep)
     gm: GraphModule | None = None
 
@@ -119,11 +130,17 @@ def _add_inputs(gm: GraphModule, record: PipelineRecord, group: type[StateGroup]
                                torch.empty(shape, dtype=dtype, device=device))
     after = placeholders(gm)[-1]
     nodes = {}
-    for slot, fake in fakes.flat():
+    for slot, fake in input_order(fakes):
         with gm.graph.inserting_after(after):
             p = gm.graph.placeholder(placeholder_name(group.prefix, rid, slot))
         _compat.mark_stateful_placeholder(p)
         p.meta["val"] = p.meta["example_value"] = fake
         nodes[slot] = after = p
-        record.inputs.append((group.prefix, rid, slot))
+        record.inputs.append(InputSlot(group.prefix, rid, slot))
     return nodes
+
+
+def input_order(group: StateGroup) -> list[tuple[str, torch.Tensor]]:
+    """The order in which a group's tensors become graph inputs (declared here only: the runner binds by
+    `PipelineRecord.inputs`)."""
+    return list(group.flat())
