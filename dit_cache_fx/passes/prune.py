@@ -56,6 +56,7 @@ from .rewrite import (
     _compute_branch,
     _safe_operands,
     _with_size_symbols,
+    cond_operands,
     propagate_values,
     remap_plan,
 )
@@ -177,7 +178,7 @@ def _rewrite_block(gm: GraphModule, plan: RegionPlan, name: str, slot: int, ctx,
         picked = [call(prune.pick, f, branch, slot) for f in factors]
         n = len(plan.streams)
         safe = _safe_operands(graph, [*(s.region_in for s in plan.streams), *plan.ext_in], new)
-        operands = [*safe[:n], *picked, gap, n_valid, *safe[n:]]
+        operands = cond_operands(safe[:n], picked, gap, n_valid, safe[n:])
         true_attr, false_attr = graph.get_attr(f"{name}_cached"), graph.get_attr(f"{name}_compute")
         cond = call(torch.ops.higher_order.cond, pruned, true_attr, false_attr, tuple(operands))
         cond.meta["dcf_value_like"] = [value_of(s.region_out) for s in plan.streams] + picked

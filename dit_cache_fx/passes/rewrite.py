@@ -81,7 +81,7 @@ def rewrite_region(gm: GraphModule, plan: RegionPlan, rid: str, ctx: Mapping[str
         picked = [call(taylor.pick, f, branch) for f in factors]
         safe = _safe_operands(graph, [*(s.region_in for s in plan.streams), *plan.ext_in], new)
         n = len(plan.streams)
-        operands = [*safe[:n], *picked, gap, n_valid, *safe[n:]]
+        operands = cond_operands(safe[:n], picked, gap, n_valid, safe[n:])
         true_attr, false_attr = graph.get_attr(f"{rid}_cached"), graph.get_attr(f"{rid}_compute")
         cond = call(torch.ops.higher_order.cond, use_cache, true_attr, false_attr, tuple(operands))
         # its value, without running a branch on fake tensors: contiguous stream outputs, then factor stacks
@@ -145,7 +145,15 @@ def _safe_operands(graph: Graph, nodes: list[Node], new: list[Node]) -> list[Nod
     return out
 
 
+def cond_operands(streams: list[Node], stacks: list[Node], gap: Node, n_valid: Node, ext: list[Node]) -> list[Node]:
+    """A region's cond operands, in the one order its branches' placeholders follow (`_branch_inputs`): the
+    carried streams, their residual stacks, the gap and valid factors, then the other inputs of its blocks.
+    The branches return the new streams, then the new stacks (flat)."""
+    return [*streams, *stacks, gap, n_valid, *ext]
+
+
 def _branch_inputs(g: Graph, plan: RegionPlan) -> tuple[list[Node], list[Node], Node, Node, dict[Node, Node]]:
+    """A branch's placeholders, in `cond_operands` order."""
     ins = [g.placeholder(f"stream_{s.name}") for s in plan.streams]
     stacks = [g.placeholder(f"factors_{s.name}") for s in plan.streams]
     gap, n_valid = g.placeholder("gap"), g.placeholder("n_valid")
