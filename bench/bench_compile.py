@@ -41,13 +41,14 @@ KINDS = {
 
 
 def build(cfg: dict, seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """The Flux-like model of `cfg` (random weights) and one call's inputs: `side`² image tokens, or `img`."""
     torch.manual_seed(seed)
     d = cfg["head_dim"]
     model = FluxTransformer2DModel(
         patch_size=1, in_channels=64, num_layers=cfg["double"], num_single_layers=cfg["single"],
         attention_head_dim=d, num_attention_heads=cfg["hidden_heads"], joint_attention_dim=256,
         pooled_projection_dim=256, guidance_embeds=False, axes_dims_rope=(d // 4, 3 * d // 8, 3 * d // 8)).eval()
-    n_img, g = cfg["side"] ** 2, torch.Generator().manual_seed(seed)
+    n_img, g = cfg.get("img") or cfg["side"] ** 2, torch.Generator().manual_seed(seed)
     inputs = dict(hidden_states=torch.randn(1, n_img, 64, generator=g),
                   encoder_hidden_states=torch.randn(1, cfg["txt"], 256, generator=g),
                   pooled_projections=torch.randn(1, 256, generator=g),

@@ -36,35 +36,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from diffusers import FluxTransformer2DModel
+from bench_compile import build
 
 import dit_cache_fx
 from dit_cache_fx import CacheConfig
 
-# hidden = heads × head_dim; 2 double + 6 single blocks
+# hidden = heads × head_dim; 2 double + 6 single blocks (`bench_compile.build`)
 SIZES = {
-    "tiny": dict(heads=2, head_dim=32, double=2, single=6, img=64, txt=8),
-    "medium": dict(heads=4, head_dim=64, double=2, single=6, img=512, txt=32),
+    "tiny": dict(hidden_heads=2, head_dim=32, double=2, single=6, img=64, txt=8),
+    "medium": dict(hidden_heads=4, head_dim=64, double=2, single=6, img=512, txt=32),
 }
 STEPS = 28
 CHILD_MARK = "bench_peer rows: "
 SPECS = {"DBCache": "F1B0_W4_R0.6", "DBPrune": "DBPrune_F1B0_W4_R0.2"}
-
-
-def build(size: dict, seed: int = 0) -> tuple[torch.nn.Module, dict]:
-    torch.manual_seed(seed)
-    d = size["head_dim"]
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=size["double"], num_single_layers=size["single"],
-        attention_head_dim=d, num_attention_heads=size["heads"], joint_attention_dim=256,
-        pooled_projection_dim=256, guidance_embeds=False, axes_dims_rope=(d // 4, 3 * d // 8, 3 * d // 8)).eval()
-    g = torch.Generator().manual_seed(seed)
-    inputs = dict(hidden_states=torch.randn(1, size["img"], 64, generator=g),
-                  encoder_hidden_states=torch.randn(1, size["txt"], 256, generator=g),
-                  pooled_projections=torch.randn(1, 256, generator=g),
-                  img_ids=torch.rand(size["img"], 3, generator=g), txt_ids=torch.zeros(size["txt"], 3),
-                  return_dict=False)
-    return model, inputs
 
 
 def generation(model: Callable, inputs: dict) -> torch.Tensor:
@@ -178,7 +162,7 @@ def measure(size_name: str, rounds: int, with_cache_dit: bool) -> list[str]:
     ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     size = SIZES[size_name]
     n_blocks = size["double"] + size["single"]
-    lines = [f"### {size_name}: hidden {size['heads'] * size['head_dim']}, {size['double']}+{size['single']} blocks, "
+    lines = [f"### {size_name}: hidden {size['hidden_heads'] * size['head_dim']}, {size['double']}+{size['single']} blocks, "
              f"{size['img']}+{size['txt']} tokens, {STEPS} steps, {rounds} rounds", ""]
     for tech in ("", *SPECS):
         rows = [r for r in rs if r.technique == tech]

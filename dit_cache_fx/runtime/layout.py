@@ -91,11 +91,9 @@ class StateGroup:
 
     def tensor(self, name: str) -> Tensor:
         """The tensor `flat()` names `name` (`factors_1`: stream 1's of a per-stream slot)."""
-        for f in self.slots():
-            if f.metadata["per_stream"] and name.startswith(f.name + "_") and name[len(f.name) + 1:].isdigit():
-                return getattr(self, f.name)[int(name[len(f.name) + 1:])]
-            if f.name == name and not f.metadata["per_stream"]:
-                return getattr(self, name)
+        for slot, t in self.flat():
+            if slot == name:
+                return t
         raise KeyError(f"{type(self).__name__} has no tensor {name!r}")
 
     def reinit(self) -> None:
