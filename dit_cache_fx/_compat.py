@@ -203,6 +203,24 @@ def sym_expr(x: Any):
     return None
 
 
+def known_equal(a: Any, b: Any) -> bool:
+    """Whether two sizes (ints or SymInts) are equal for every value of their symbols, decided without a guard:
+    a pass reading sizes must neither add guards to Dynamo's graph nor fail on a data-dependent (unbacked) size,
+    e.g. a sequence length from boolean-mask indexing."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    if not isinstance(a, torch.SymInt) and not isinstance(b, torch.SymInt):
+        return a == b
+    return statically_known_true(a == b)
+
+
+def data_dependent_sizes(shape: tuple) -> list[str]:
+    """The unbacked symbols (sizes only the data knows, e.g. after boolean-mask indexing) in a shape."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    return sorted({str(s) for d in shape if isinstance(d, torch.SymInt) for s in free_unbacked_symbols(d)})
+
+
 def eval_size(x: Any, env: dict) -> int:
     """A size (int or SymInt) at the concrete symbol values `env`."""
     e = sym_expr(x)
@@ -228,6 +246,19 @@ def backend_compiler_failed() -> type[BaseException]:
     from torch._dynamo.exc import BackendCompilerFailed
 
     return BackendCompilerFailed
+
+
+def is_data_dependent_guard(e: BaseException) -> bool:
+    """Whether tracing failed on a guard over a data-dependent (unbacked) size or value, e.g. Python control
+    flow on a `.tolist()` that Dynamo captured as symbols instead of breaking the graph (here or in a cause)."""
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, GuardOnDataDependentSymNode):
+            return True
+        e, seen = (e.__cause__ or getattr(e, "inner_exception", None)), seen + 1
+    return False
 
 
 def graph_break_reasons() -> list[str]:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import logging
 import sys
 import threading
 import warnings
@@ -19,6 +20,8 @@ from .config import CFG_BRANCH_OF_NAME, CacheArg, CacheConfig, DBPruneConfig, Ru
 from .errors import CachePlanError, DitCacheError, InferenceOnlyError, NoBlockRunError, UnsupportedTorchError
 from .runtime import regional
 from .runtime.store import StateStore
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -199,13 +202,36 @@ def forward_signature(module: torch.nn.Module) -> inspect.Signature:
     return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
+_CAPTURES = {"capture_dynamic_output_shape_ops": True, "capture_scalar_outputs": True}
+
+
 def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module, compiled: torch.nn.Module):
     failed = _compat.backend_compiler_failed()
     # while Dynamo traces: data-dependent ops (`nonzero`, `.item()`) stay in the graph instead of breaking it,
     # so the blocks around them stay in one graph (Mochi's attention); with dynamic shapes module float
     # attributes (norm eps) stay constants (as symbolic inputs they cannot enter a cond branch)
-    flags = _compat.DynamoFlags(capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True,
-                                **({"specialize_float": True} if handle.dynamic is not False else {}))
+    floats = {"specialize_float": True} if handle.dynamic is not False else {}
+    flags = [_compat.DynamoFlags(**_CAPTURES, **floats)]
+
+    def run(call, args, kwargs):
+        try:
+            with flags[0]:
+                return dynamo_forward(*args, **kwargs)
+        except failed as e:  # our own errors reach the user as themselves, not wrapped by Dynamo
+            if isinstance(e.inner_exception, DitCacheError):
+                raise e.inner_exception from None
+            raise
+        except Exception as e:
+            # the captures let a data-dependent value reach Python control flow the model does not guard
+            # (Qwen-Image 2.1's `.tolist()` of a mask-derived length): trace again as plain torch.compile does,
+            # breaking the graph there — once per model, and only while no cache region ran in this call
+            if flags[0].flags.keys() == floats.keys() or not call.pending or not _compat.is_data_dependent_guard(e):
+                raise
+            flags[0] = _compat.DynamoFlags(**floats)
+            log.info("dit_cache_fx: %s: tracing failed on a data-dependent guard with Dynamo's captures of "
+                     "data-dependent ops on; traced again without them (graph breaks there instead)",
+                     type(module).__name__)
+            return run(call, args, kwargs)
 
     def forward(*args, **kwargs):
         if torch.is_grad_enabled() and _requires_grad((args, kwargs)):
@@ -220,13 +246,7 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module, compi
         call = handle.begin_call(args, kwargs)
         if call.name is not None and call.hint < 0 and handle.specs.enabled:
             return _unknown_call(handle, module, call.name, args, kwargs)
-        try:
-            with flags:
-                out = dynamo_forward(*args, **kwargs)
-        except failed as e:  # our own errors reach the user as themselves, not wrapped by Dynamo
-            if isinstance(e.inner_exception, DitCacheError):
-                raise e.inner_exception from None
-            raise
+        out = run(call, args, kwargs)
         _end_call(handle, call)
         return out
 

@@ -9,6 +9,7 @@ policies and their per-shape states as extra inputs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -194,6 +195,11 @@ class GraphRunner:
 
     def __call__(self, *args):
         h = self.handle
+        if not self.regions:  # a graph without a cache region leaves the step to the first one with a region
+            h.call.ran = True
+            taken = args if self.kept is None else [args[i] for i in self.kept]
+            with torch.no_grad(), (regional.graph_inputs(args) if h.regional else contextlib.nullcontext()):
+                return self.compiled(*taken)
         extra: list[torch.Tensor] | None = []
         keys = None
         if self.regions:

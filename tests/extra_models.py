@@ -23,6 +23,7 @@ class ExtraModel(TinyModel):
     eager_first: bool = False  # call the model eagerly once before compiling (lazily built state)
     fullgraph: bool = True  # False: the model graph-breaks; the cache goes into the graph holding the blocks
     rel_tol: float = 1e-5  # threshold 0 vs the uncompiled model (relative L2, max over steps)
+    output_tail: bool = False  # the output holds more tokens than the latents; the prediction is its last ones
     unsupported: str = ""  # why dit_cache_fx.compile rejects it (kept here to retry after package changes)
 
 
@@ -117,6 +118,19 @@ def _cogview3(g):
     return _cogview(g)
 
 
+def _qwenimage21(g):  # 8 text tokens, then one slot per 2x2 group of the 8 x 8 target latents (img_mask)
+    slots = torch.cat([torch.zeros(1, 8, dtype=torch.bool), torch.ones(1, 16, dtype=torch.bool)], 1)
+    return dict(hidden_states=_r(g, 1, 64, 16), encoder_hidden_states=_r(g, 1, 8, 32),
+                encoder_hidden_states_mask=torch.ones(1, 8, dtype=torch.long), img_shapes=[[(1, 8, 8)]],
+                img_mask=slots, return_dict=False)
+
+
+def _hunyuanvideo15(g):  # text-to-video: zero image embeddings
+    return dict(hidden_states=_r(g, 1, 4, 2, 8, 8), encoder_hidden_states=_r(g, 1, 8, 32),
+                encoder_attention_mask=torch.ones(1, 8), encoder_hidden_states_2=_r(g, 1, 4, 32),
+                encoder_attention_mask_2=torch.ones(1, 4), image_embeds=torch.zeros(1, 4, 32), return_dict=False)
+
+
 _DUAL = ("transformer_blocks", "single_transformer_blocks")
 
 EXTRA_MODELS: dict[str, ExtraModel] = {m.name: m for m in [
@@ -192,6 +206,20 @@ EXTRA_MODELS: dict[str, ExtraModel] = {m.name: m for m in [
         num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4, patch_size=2, sample_width=16,
         sample_height=16, num_layers=4, mmdit_layers=4, time_embed_dim=32, text_embed_dim=32),
         _easyanimate, pattern=0),
+    ExtraModel("qwenimage21", "QwenImage21Transformer2DModel", dict(
+        in_channels=16, out_channels=16, num_layers=4, attention_head_dim=32, num_attention_heads=2,
+        context_in_dim=32, axes_dims_rope=(8, 12, 12)), _qwenimage21, timestep_scale=1e-3, pattern=1,
+        output_tail=True,
+        # `.tolist()` of a mask-derived length feeds Python control flow: with Dynamo's data-dependent captures
+        # on, tracing fails on a guard, so the frame is traced again without them and graph-breaks there
+        fullgraph=False),
+    ExtraModel("hunyuanvideo15", "HunyuanVideo15Transformer3DModel", dict(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=32, num_layers=4,
+        num_refiner_layers=1, text_embed_dim=32, text_embed_2_dim=32, image_embed_dim=32, rope_axes_dim=(8, 12, 12),
+        task_type="t2v"), _hunyuanvideo15, pattern=0,
+        # the text length comes from boolean-mask indexing: an unbacked size in the blocks' graph (the region's
+        # cond gets its symbols as operands); `if is_t2v` on a tensor graph-breaks before the blocks
+        fullgraph=False),
 ]}
 
 
@@ -211,8 +239,9 @@ def run_loop(model, m: ExtraModel, steps: int = 6, seed: int = 0) -> list[torch.
         for t in ts:
             out = call(model, m, x, t, inputs)
             outs.append(out)
-            v = out[:, : x.shape[1]] if out.shape != x.shape else out
-            x = x - v.reshape(x.shape) / steps
+            if out.shape != x.shape:
+                out = out[:, -x.shape[1]:] if m.output_tail else out[:, : x.shape[1]]
+            x = x - out.reshape(x.shape) / steps
     return outs
 
 

@@ -33,6 +33,8 @@ REGIONS = {
     "hunyuandit": ["blocks[0:6]"],  # long skips stay inside the region
     "lumina2": ["layers[0:4]"],  # graph-breaks before its blocks: the region is in the second graph
     "easyanimate": ["transformer_blocks[0:4]"],
+    "qwenimage21": ["transformer_blocks[0:4]"],  # traced again without Dynamo's data-dependent captures
+    "hunyuanvideo15": ["transformer_blocks[0:4]"],  # an unbacked text length in the region's shapes
 }
 STEPS = 6
 
@@ -63,6 +65,8 @@ def test_extra_model(name):
     outs = run_loop(compiled, m, steps=STEPS)
     assert max_rel_err(outs, eager) <= m.rel_tol
     assert dit_cache_fx.summary(compiled).cached_steps == []
+    graphs = len(handle(compiled).graphs)
+    assert graphs == 1 or not m.fullgraph
 
     dit_cache_fx.configure(compiled, cache_config(m, "F1B0_W2_R1.0"))  # always cache after warmup
     outs = run_loop(compiled, m, steps=STEPS)
@@ -71,7 +75,7 @@ def test_extra_model(name):
     assert list(s.regions) == REGIONS[name]
     assert all(r.cached_steps == [2, 3, 4, 5] for r in s.regions.values())
     assert max_rel_err(outs, eager) > 1e-4  # the cached steps really skipped the middle blocks
-    assert len(handle(compiled).graphs) == (1 if m.fullgraph else 2)  # the same graphs serve both thresholds
+    assert len(handle(compiled).graphs) == graphs  # the same graphs serve both thresholds
 
     report = dit_cache_fx.explain(compiled)
     assert [r.name for r in report.regions] == REGIONS[name]

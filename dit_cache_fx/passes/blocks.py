@@ -29,7 +29,16 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .. import _compat
-from .graph_utils import INDEXED, ancestors, inputs_of, node_block, outputs_of, value_of, value_sig
+from .graph_utils import (
+    INDEXED,
+    ancestors,
+    inputs_of,
+    node_block,
+    outputs_of,
+    same_shape,
+    value_of,
+    value_sig,
+)
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,8 @@ def _glue_op(node: Node, stream: Node) -> bool:
     """`node` keeps `stream`'s shape and is a residual injection (stream ± a tensor that does not depend on
     it), a scaling by a constant, or an identity-keeping op (clip, cast)."""
     sig, ssig = value_sig(node), value_sig(stream)
-    if node.op not in ("call_function", "call_method") or sig is None or ssig is None or sig[0] != ssig[0]:
+    if node.op not in ("call_function", "call_method") or sig is None or ssig is None \
+            or not same_shape(sig[0], ssig[0]):
         return False
     args = node.args
     if node.target in _KEEPS:
@@ -277,7 +287,7 @@ def residual_source(out: Node, block_nodes: Collection[Node], candidates: Collec
         sig = value_sig(node)
         if target in _ELEMENTWISE and sig is not None:
             todo += [(a, iv) for a in args[:2] if isinstance(a, Node) and value_sig(a) is not None
-                     and value_sig(a)[0] == sig[0]]
+                     and same_shape(value_sig(a)[0], sig[0])]
         elif target in _PASSTHROUGH and args and isinstance(args[0], Node):
             todo.append((args[0], iv))
         elif target in _RESHAPES and iv is None and args and isinstance(args[0], Node):
@@ -384,8 +394,9 @@ def _list_runs(blocks: list[Block]) -> tuple[list[list[Block]], list[Rejected]]:
 
 
 def _carried(a: Block, b: Block) -> list[Node]:
+    """The tensors `a` hands to `b` (a size both read — a SymInt computed once in `a` — is not a stream)."""
     b_in = set(b.inputs)
-    return [o for o in a.outputs if o in b_in]
+    return [o for o in a.outputs if o in b_in and isinstance(value_of(o), torch.Tensor)]
 
 
 def _trace_streams(blocks: list[Block]) -> list[list[Node | None]] | str:

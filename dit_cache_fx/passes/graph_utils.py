@@ -37,6 +37,17 @@ def value_sig(node: Node) -> tuple | None:
     return tuple(v.shape), v.dtype
 
 
+def same_shape(a: tuple, b: tuple) -> bool:
+    """Two shapes known equal without adding a guard (see `_compat.known_equal`)."""
+    return len(a) == len(b) and all(_compat.known_equal(x, y) for x, y in zip(a, b))
+
+
+def same_sig(a: Node, b: Node) -> bool:
+    """Both nodes are tensors of one dtype and of shapes known equal without a guard."""
+    sa, sb = value_sig(a), value_sig(b)
+    return sa is not None and sb is not None and sa[1] == sb[1] and same_shape(sa[0], sb[0])
+
+
 def inputs_of(nodes: Iterable[Node]) -> list[Node]:
     """Nodes outside `nodes` that they read, in order of first use."""
     nodes = list(nodes)

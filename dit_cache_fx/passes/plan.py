@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
+from .. import _compat
 from ..config import CacheConfig
 from ..errors import CachePlanError
 from .blocks import BlockRun
-from .graph_utils import inputs_of, ordered, value_sig
+from .graph_utils import inputs_of, ordered, same_sig, value_sig
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,24 @@ def plan_region(gm: GraphModule, run: BlockRun, config: CacheConfig) -> RegionPl
         x_in, x_out = s.nodes[Fn], s.nodes[N - Bn]
         if x_in is None or x_out is None or x_out not in outputs:
             continue
-        if value_sig(x_in) != value_sig(x_out):
+        if not same_sig(x_in, x_out):
             raise CachePlanError(f"stream {s.name} of {run.describe()} enters the middle blocks as {value_sig(x_in)} "
                                  f"but leaves as {value_sig(x_out)}: no residual to cache")
+        unknown = _compat.data_dependent_sizes(value_sig(x_in)[0])
+        if unknown:  # the state is sized on the host before the graph runs, when only the data knows these
+            raise CachePlanError(
+                f"stream {s.name} of {run.describe()} leaves the middle blocks with a data-dependent size "
+                f"{value_sig(x_in)[0]} ({', '.join(unknown)}: e.g. tokens kept by boolean-mask indexing), so its "
+                "residual cannot be stored across steps; a spec with Bn=0 caches this run when the model reads only "
+                "the hidden stream after its last block")
         streams.append(StreamPlan(s.name, x_in, x_out, config.taylor_order_for(s.name)))
     if not streams:
         raise CachePlanError(f"no stream of {run.describe()} passes through its middle blocks")
     hidden = run.hidden
     fn_entry, fn_out = hidden.nodes[0], hidden.nodes[Fn]
-    if fn_out is not None and value_sig(fn_entry) != value_sig(fn_out):
+    if fn_out is not None and not same_sig(fn_entry, fn_out):
         fn_entry = local_shard(run.blocks[0], fn_entry, fn_out) or fn_entry
-    if fn_out is None or value_sig(fn_entry) != value_sig(fn_out):
+    if fn_out is None or not same_sig(fn_entry, fn_out):
         raise CachePlanError(f"the hidden stream of {run.describe()} changes shape in the first {Fn} blocks: "
                              "no Fn residual to compare")
     ext_in = tuple(x for x in inputs_of(region) if x not in {s.region_in for s in streams})
@@ -134,7 +142,7 @@ def local_shard(block, entry: Node, like: Node) -> Node | None:
     """Inside `block`, the piece of `entry` shaped like `like`: under context parallelism a hook on the first
     block can split the sequence (Wan), so the Fn residual is taken against this rank's shard of the input."""
     for n in block.nodes:
-        if value_sig(n) != value_sig(like):
+        if not same_sig(n, like):
             continue
         cur = n
         while cur is not entry and cur.op in ("call_function", "call_method") and cur.target in _SHARD_OPS \

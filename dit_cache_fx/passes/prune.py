@@ -49,7 +49,7 @@ from ..runtime import prune
 from ..runtime.layout import PruneDims
 from ..runtime.policy import Decision
 from .blocks import BlockRun
-from .graph_utils import value_of, value_sig
+from .graph_utils import same_sig, value_of
 from .plan import RegionPlan, Split, StreamPlan, plan_region
 from .rewrite import (
     _cached_branch,
@@ -109,7 +109,7 @@ def plan_prune(gm: GraphModule, run: BlockRun, config: DBPruneConfig) -> PrunePl
     streams: dict[str, StreamPlan] = {}
     for _, plan in blocks:
         for s in plan.streams:
-            if s.name in streams and value_sig(streams[s.name].region_in) != value_sig(s.region_in):
+            if s.name in streams and not same_sig(streams[s.name].region_in, s.region_in):
                 raise CachePlanError(f"stream {s.name} of {run.describe()} changes shape between blocks: the "
                                      "blocks' residuals cannot share one buffer")
             streams.setdefault(s.name, s)

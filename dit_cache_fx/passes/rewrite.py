@@ -114,14 +114,34 @@ def remap_plan(plan: RegionPlan, replaced: dict[Node, Node]) -> RegionPlan:
 
 
 def _with_size_symbols(gm: GraphModule, plan: RegionPlan) -> RegionPlan:
-    """With dynamic shapes the branches compute sizes from symbols (`(s33//2)**2`) that inductor must get as
-    operands: add the graph's SymInt inputs for every symbol in the operands' shapes."""
+    """The branches compute sizes from the symbols in their operands' shapes (`(s33//2)**2` with dynamic
+    shapes; `u0 + u1` for a length from boolean-mask indexing), which inductor must get as operands: add, for
+    every such symbol, a node before the region that is that symbol — a SymInt input, a size Dynamo read
+    (`sym_size_int`), else a new `sym_size` of a tensor with a dim of exactly that size."""
     values = [value_of(n) for n in (*(s.region_in for s in plan.streams), *plan.ext_in)]
     free = {sym for v in values if isinstance(v, torch.Tensor) for d in v.shape
             if (e := _compat.sym_expr(d)) is not None for sym in e.free_symbols}
-    have = set(plan.ext_in)
-    extra = [p for p in gm.graph.nodes if p.op == "placeholder" and p not in have and isinstance(value_of(p), torch.SymInt)
-             and _compat.sym_expr(value_of(p)) in free]
+    have = {_compat.sym_expr(value_of(n)) for n in plan.ext_in if isinstance(value_of(n), torch.SymInt)}
+    missing = free - have
+    if not missing:
+        return plan
+    first, found, dims = plan.nodes[0], {}, {}
+    for n in gm.graph.nodes:
+        if n is first:
+            break
+        v = value_of(n)
+        if isinstance(v, torch.SymInt) and (e := _compat.sym_expr(v)) in missing:
+            found.setdefault(e, n)
+        elif isinstance(v, torch.Tensor):
+            for d, size in enumerate(v.shape):
+                if (e := _compat.sym_expr(size)) in missing:
+                    dims.setdefault(e, (n, d))
+    for sym in sorted(missing - set(found), key=str):
+        if sym in dims:
+            with gm.graph.inserting_before(first):
+                node = found[sym] = gm.graph.call_function(torch.ops.aten.sym_size.int, dims[sym])
+            node.meta["val"] = value_of(dims[sym][0]).shape[dims[sym][1]]
+    extra = [found[s] for s in sorted(found, key=str)]
     return dataclasses.replace(plan, ext_in=(*plan.ext_in, *extra)) if extra else plan
 
 
