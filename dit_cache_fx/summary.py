@@ -122,8 +122,9 @@ class CacheSummary:
                              f"{st.cached_steps} | " + " | ".join(q) + " |")
         lines += [f"{r.name}: covers {r.blocks_covered} of the {r.blocks_listed} blocks in its lists (the run stopped "
                   "early; explain() says why)" for r in self.regions.values() if r.blocks_covered < r.blocks_listed]
-        lines += [f"{r.name} {'cond' if b == 0 else 'uncond'}: non-finite values at steps {st.nonfinite_steps} "
-                  "(computed; the cache restarted)" for r in self.regions.values() for b, st in r.branches.items()
+        lines += [f"{r.name} {'cond' if b == 0 else 'uncond'}: non-finite values or an undefined diff at steps "
+                  f"{st.nonfinite_steps} (a NaN/Inf, or 0/0 when the Fn residual and its anchor are both zero, e.g. a "
+                  "zero-initialized modulation: computed; the cache restarted)" for r in self.regions.values() for b, st in r.branches.items()
                   if st.nonfinite_steps]
         lines += [f"{r.name}: DBPrune ratio {r.pruned_ratio:.2%} ({sum(r.pruned_blocks)}/{len(r.pruned_blocks) * r.num_blocks}"
                   " blocks pruned, branch 0)" for r in self.regions.values() if r.pruned_ratio is not None]
