@@ -27,7 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 FAST_SUBSET = [
     "tests/test_config.py",
     "tests/test_compat.py",
-    "tests/test_passes.py",
+    "tests/test_passes_blocks.py",
+    "tests/test_passes_rewrite.py",
+    "tests/test_passes_graph_utils.py",
+    "tests/test_data_dependent.py",
     "tests/test_kernels.py",
     "tests/test_policy.py",
     "tests/test_errors.py",

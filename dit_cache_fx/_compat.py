@@ -93,6 +93,34 @@ def dynamo_source_name(node: torch.fx.Node) -> str | None:
     return None if source is None else source.name
 
 
+def dynamo_input_source(node: torch.fx.Node) -> tuple[str, tuple] | None:
+    """Where Dynamo says a graph input comes from, parsed from its source name: `L['kwargs']['t']` →
+    `("kwargs", ("t",))`, `L['args'][1]` → `("args", (1,))`, `L['t']` → `("t", ())`; None for another form."""
+    m = re.fullmatch(r"L\[['\"](\w+)['\"]\]((?:\[(?:\d+|['\"][^'\"]+['\"])\])*)", dynamo_source_name(node) or "")
+    if m is None:
+        return None
+    keys = tuple(int(k) if k.isdigit() else k.strip("'\"") for k in re.findall(r"\[([^\]]+)\]", m.group(2)))
+    return m.group(1), keys
+
+
+def compiled_original(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a `torch.compile` wrapper (`OptimizedModule._orig_mod`), else the module itself."""
+    return getattr(module, "_orig_mod", module)
+
+
+def compiled_fullgraph(module: torch.nn.Module) -> bool:
+    """Whether a `torch.compile` wrapper was made with `fullgraph=True` (read from its Dynamo context)."""
+    ctx = getattr(module, "dynamo_ctx", None)
+    return bool(ctx is not None and getattr(ctx, "fullgraph", False))
+
+
+def all_reduce_sum(x: torch.Tensor, group: str) -> torch.Tensor:
+    """A functional (traceable, no host sync) all-reduce sum over the process group named `group`."""
+    from torch.distributed import _functional_collectives as funcol
+
+    return funcol.all_reduce(x, "sum", group)
+
+
 def module_path(source_path: str) -> str:
     """A Dynamo `nn_module_stack` source path as a module path: `L['self'].__dict__['_modules']['blocks'][3]
     .attn` → `blocks.3.attn` (frame root dropped; Dynamo's source-name format, torch 2.11 to 2.15).

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import _compat
-from .backend import CacheBackend, CacheHandle
+from .backend import CacheBackend
 from .config import CFG_BRANCH_OF_NAME, CacheArg, CacheConfig, DBPruneConfig, RunSpecs, structural_changes
 from .errors import CachePlanError, DitCacheError, InferenceOnlyError, NoBlockRunError, UnsupportedTorchError
+from .handle import CacheHandle
 from .runtime import regional
 from .runtime.store import StateStore
 

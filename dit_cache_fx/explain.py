@@ -130,8 +130,8 @@ def explain(module: torch.nn.Module | DiffusionPipeline, *args: Any, **kwargs: A
         with torch.no_grad():
             if not handle.graphs:
                 module(*args, **kwargs)
-            fullgraph = bool(getattr(module, "dynamo_ctx", None) and getattr(module.dynamo_ctx, "fullgraph", False))
-            graphs, breaks, reasons = _compat.count_graphs(module._orig_mod, *args, fullgraph=fullgraph, **kwargs)
+            graphs, breaks, reasons = _compat.count_graphs(_compat.compiled_original(module), *args,
+                                                           fullgraph=_compat.compiled_fullgraph(module), **kwargs)
         reasons = [r.splitlines()[0] for r in reasons]
     if not handle.graphs:
         raise ValueError("nothing traced yet: call the module once, or pass example inputs to explain()")
@@ -158,7 +158,7 @@ def explain(module: torch.nn.Module | DiffusionPipeline, *args: Any, **kwargs: A
         for name, child in gm.named_children():
             if name.startswith(rids) and name.endswith(("_compute", "_cached")):
                 branch_code[name] = child.code
-    return ExplainReport(type(getattr(module, "_orig_mod", module)).__name__, str(handle.specs), graphs, breaks,
+    return ExplainReport(type(_compat.compiled_original(module)).__name__, str(handle.specs), graphs, breaks,
                          reasons, runs, rejected, skipped, regions, main.code, branch_code, len(handle.graphs),
                          _compilation(handle))
 

@@ -19,6 +19,22 @@ def max_rel_err(outs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
     return max(rel_err(a, b) for a, b in zip(outs, refs))
 
 
+def toy_loop(model, steps: int = 8, call=None, dt: float = 110.0, euler: bool = False, seed: int = 1) -> list[torch.Tensor]:
+    """The toy models' denoising loop (tests/toy.py): latents [1, 8, 16] drawn from `seed`, timesteps
+    1000 − dt·s, no grad; `call(model, x, t, s)` for a model that takes more inputs (default `model(x, t)`);
+    with `euler` each output moves the latents (x −= out / steps), else the latents stay fixed."""
+    x = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(seed))
+    call = call or (lambda m, x, t, s: m(x, t))
+    outs = []
+    with torch.no_grad():
+        for s in range(steps):
+            out = call(model, x, torch.tensor([1000.0 - dt * s]), s)
+            outs.append(out)
+            if euler:
+                x = x - out / steps
+    return outs
+
+
 def oracle_run(model, m: TinyModel, config: dit_cache_fx.CacheConfig, steps: int = 28, cfg: bool = False):
     ora = EagerDBCache.single(model, config, m.blocks, m.pattern)
     try:
@@ -45,7 +61,7 @@ def pick_threshold(model, m: TinyModel, config: dit_cache_fx.CacheConfig, steps:
     raise AssertionError(f"no safe threshold found among diffs {diffs}")
 
 
-def handle(module) -> dit_cache_fx.backend.CacheHandle:
+def handle(module) -> dit_cache_fx.handle.CacheHandle:
     return dit_cache_fx.api.handle_of(module)
 
 

@@ -15,7 +15,7 @@ from dit_cache_fx import _compat
 from dit_cache_fx.passes.graph_utils import value_of
 from dit_cache_fx.reference import EagerDBCache
 
-from helpers import handle, max_rel_err
+from helpers import handle, max_rel_err, toy_loop
 from toy import DualToyDiT, ToyDiT
 
 STEPS = 8
@@ -65,14 +65,7 @@ class ListedLengthDiT(ToyDiT):
 
 
 def _loop(model, call):
-    x = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
-    outs = []
-    with torch.no_grad():
-        for s in range(STEPS):
-            out = call(model, x, torch.tensor([1000.0 - 110 * s]))
-            outs.append(out)
-            x = x - out / STEPS
-    return outs
+    return toy_loop(model, STEPS, call=lambda m, x, t, s: call(m, x, t), euler=True)
 
 
 def _against_oracle(model, call, spec, pattern, fullgraph):

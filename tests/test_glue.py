@@ -7,14 +7,14 @@ import warnings
 
 import pytest
 import torch
-from test_passes import dynamo_graph, latents
 
 import dit_cache_fx
 from dit_cache_fx.passes.blocks import find_runs, node_block
 from dit_cache_fx.reference import EagerDBCache
 
 from extra_models import EXTRA_MODELS
-from helpers import handle, max_rel_err, rel_err
+from graphs import dynamo_graph, latents
+from helpers import handle, max_rel_err, rel_err, toy_loop
 from tiny_models import MODELS
 from toy import ToyDiT
 
@@ -50,9 +50,7 @@ def _side(n, seed=0):
 
 
 def _loop(model, side_of_step):
-    x = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        return [model(x, torch.tensor([1000.0 - 110 * s]), side_of_step(s)) for s in range(STEPS)]
+    return toy_loop(model, STEPS, call=lambda m, x, t, s: m(x, t, side_of_step(s)))
 
 
 @pytest.mark.parametrize("glue_at", [(0, 1, 2, 3, 4), (1, 3), (0,), (0, 2)])

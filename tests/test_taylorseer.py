@@ -7,7 +7,7 @@ import torch
 import dit_cache_fx
 from dit_cache_fx import reference
 
-from helpers import handle, max_rel_err
+from helpers import handle, max_rel_err, toy_loop
 from toy import ToyDiT
 
 
@@ -35,12 +35,7 @@ def test_golden_worked_example():
 
 
 def _loop(model, steps=20):
-    x = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1))
-    outs = []
-    with torch.no_grad():
-        for s in range(steps):
-            outs.append(model(x, torch.tensor([1000.0 - 45 * s])))
-    return outs
+    return toy_loop(model, steps, dt=45)
 
 
 @pytest.fixture(scope="module")

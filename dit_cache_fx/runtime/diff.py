@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .. import _compat
 from ..kernels import l1_sums
 from .registry import in_graph
 
@@ -21,9 +22,7 @@ def reduce_sums(sums: Tensor, group: str | None) -> Tensor:
     the graph, no host sync); identity without a group."""
     if group is None:
         return sums
-    from torch.distributed import _functional_collectives as funcol
-
-    return funcol.all_reduce(sums, "sum", group)
+    return _compat.all_reduce_sum(sums, group)
 
 
 @in_graph

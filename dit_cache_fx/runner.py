@@ -1,0 +1,136 @@
+"""The callable the backend returns for a graph: `GraphRunner` binds the graph's added inputs (the step
+context, each region's policy and per-shape state, in the order of the graph's signature,
+`PipelineRecord.inputs`) and runs it without grad.
+
+Per call the key is the thread's state serial and the regions' symbol values (a dict lookup); a new key
+sizes the states on the host (`_dims_evaluator`) and has the host classify that call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch.fx import Node
+
+from . import _compat
+from .errors import CachePlanError
+from .handle import CacheHandle
+from .passes.graph_utils import value_of
+from .passes.pipeline import PipelineRecord
+from .runtime import regional
+from .runtime.layout import RegionDims, StepContext
+
+
+class GraphRunner:
+    """The callable the backend returns for a graph: appends the state tensors and runs it without grad."""
+
+    def __init__(self, handle: CacheHandle, compiled: Callable, record: PipelineRecord,
+                 symbols: dict, device: torch.device | None, kept: list[int] | None = None) -> None:
+        self.handle, self.compiled, self.device = handle, compiled, device
+        self.regions, self.signature = record.regions, record.inputs
+        self.classifies = False  # the graph classifies a pending call itself
+        self.kept = kept  # the Dynamo inputs the compiled graph takes (regional mode drops the weights only blocks read)
+        self.shape_of = [_dims_evaluator(r.dims, symbols) for r in self.regions]
+        self._extra: dict[tuple, list[torch.Tensor]] = {}
+        self._states: dict[tuple, list] = {}  # per key: (region name, dims, state) of each region
+        self._epoch = -1
+
+    def __call__(self, *args):
+        h = self.handle
+        if not self.regions:  # a graph without a cache region leaves the step to the first one with a region
+            h.call.ran = True
+            taken = args if self.kept is None else [args[i] for i in self.kept]
+            with torch.no_grad(), (regional.graph_inputs(args) if h.regional else contextlib.nullcontext()):
+                return self.compiled(*taken)
+        extra: list[torch.Tensor] | None = []
+        keys = None
+        if self.regions:
+            store = h.store
+            serial = store.mine().serial  # each thread its own state tensors
+            if self._epoch != store.epoch:
+                self._extra.clear()
+                self._states.clear()
+                self._epoch = store.epoch
+            keys = (serial, *[ev(args)[0] for ev in self.shape_of])
+            extra = self._extra.get(keys)
+        if extra is None:  # new sizes: the host checks them against the step, so it classifies this call
+            h.classify(self.device, eager=True)
+            extra = self._extra[keys] = self._tensors(args, keys)
+        else:
+            h.classify(self.device, in_graph=self.classifies)
+        states = self._states.get(keys)
+        if states:
+            for name, dims, state in states:
+                h.store.note_call(name, dims, state)
+        taken = list(args) if self.kept is None else [args[i] for i in self.kept]
+        taken += extra
+        if h.regional:
+            with torch.no_grad(), regional.graph_inputs(args):
+                return self.compiled(*taken)
+        if not torch.is_grad_enabled():
+            return self.compiled(*taken)
+        with torch.no_grad():
+            return self.compiled(*taken)
+
+    def _tensors(self, args, keys) -> list[torch.Tensor]:
+        """The added inputs of this call's sizes, bound by the graph's signature (`PipelineRecord.inputs`)."""
+        store = self.handle.store
+        groups = {(StepContext.prefix, None): store.context(self.device)}
+        states = []
+        for r, ev in zip(self.regions, self.shape_of):
+            _, dims = ev(args)
+            pol = store.policy(r.plan.name, r.plan.config, self.device)
+            state = store.state(r.plan.name, dims, self.device)
+            groups[pol.prefix, r.rid], groups[state.prefix, r.rid] = pol, state
+            states.append((r.plan.name, dims, state))
+        self._states[keys] = states
+        return [groups[s.group, s.rid].tensor(s.slot) for s in self.signature]
+
+
+def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[tuple, RegionDims]]:
+    """`args -> (key, concrete dims)`: the region's stream shapes at this call's sizes (the key is cheap to
+    build per call; equal keys mean equal dims)."""
+    exprs = [_compat.sym_expr(s) for shape in (dims.hidden, *dims.streams) for s in shape]
+    free = sorted({s for e in exprs if e is not None for s in e.free_symbols}, key=str)
+    if not free:
+        concrete = dataclasses.replace(dims, hidden=tuple(map(int, dims.hidden)),  # a PruneDims stays one
+                                       streams=tuple(tuple(map(int, s)) for s in dims.streams))
+        return lambda args: (concrete, concrete)
+    missing = [s for s in free if s not in symbols]
+    if missing:
+        raise CachePlanError(f"cannot size the cache state: sizes {missing} are not graph inputs")
+    getters = [symbols[s] for s in free]
+    cache: dict[tuple, RegionDims] = {}
+
+    def evaluate(args: tuple) -> tuple[tuple, RegionDims]:
+        key = tuple(g(args) for g in getters)
+        hit = cache.get(key)
+        if hit is None:
+            env = dict(zip(free, key))
+            size = lambda s: _compat.eval_size(s, env)  # noqa: E731
+            hit = cache[key] = dataclasses.replace(dims, hidden=tuple(map(size, dims.hidden)),
+                                                   streams=tuple(tuple(map(size, s)) for s in dims.streams))
+        return key, hit  # the runner's key: the symbol values; the store's: the dims
+
+    return evaluate
+
+
+def input_symbols(inputs: list[Node]) -> dict:
+    """sympy symbol → `args -> int`, from the graph's SymInt inputs and the sizes of its tensor inputs."""
+    out: dict = {}
+    for i, p in enumerate(inputs):
+        v = value_of(p)
+        e = _compat.sym_expr(v) if isinstance(v, torch.SymInt) else None
+        if e is not None and e.is_Symbol:
+            out.setdefault(e, lambda args, i=i: int(args[i]))
+    for i, p in enumerate(inputs):
+        v = value_of(p)
+        if isinstance(v, torch.Tensor):
+            for d, s in enumerate(v.shape):
+                e = _compat.sym_expr(s)
+                if e is not None and e.is_Symbol:
+                    out.setdefault(e, lambda args, i=i, d=d: args[i].shape[d])
+    return out
