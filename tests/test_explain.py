@@ -1,6 +1,8 @@
 """explain() and summary() report what the passes found and did; the rewritten graph has the
 expected structure (one cond, Mn blocks only inside its compute branch)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -92,3 +94,35 @@ def test_explain_counts_graph_breaks():
     c = dit_cache_fx.compile(Breaks(), cache="F1B0")
     rep = dit_cache_fx.explain(c, torch.randn(1, 8, 16), torch.tensor([3.0]))
     assert rep.graph_break_count == 1 and rep.graph_count == 2 and rep.break_reasons
+
+
+def test_explain_fits_a_screen_and_says_what_was_not_measured(compiled):
+    report = dit_cache_fx.explain(compiled)
+    text = str(report)
+    lines = text.splitlines()
+    assert len(lines) <= 40 and max(map(len, lines)) <= 160, text
+    assert "graph breaks: not measured (pass example inputs)" in text
+    assert "Fn=1 [transformer_blocks.0..transformer_blocks.0] | Mn=3" in text and "streams cached: hidden" in text
+    assert "torch.ops.higher_order.cond(" in text and "def forward" not in text  # the excerpt, not the code
+    verbose = report.text(verbose=True)
+    assert "def forward" in verbose and "branch r0_compute" in verbose and len(verbose) > 3 * len(text)
+    measured = dit_cache_fx.explain(compiled, torch.randn(1, 8, 16), torch.tensor([5.0]))
+    assert "Dynamo graphs: 1, graph breaks: 0" in str(measured)
+
+
+def test_explain_picture(compiled, tmp_path):
+    report = dit_cache_fx.explain(compiled)
+    svg = Path(report.save(tmp_path / "regions.svg")).read_text()
+    assert svg.startswith("<svg") and svg.count('fill="#4C78A8"') == 1 + 1  # Fn block + legend
+    assert svg.count('fill="#F58518"') == 3 + 1 and svg.count('fill="#54A24B"') == 1 + 1  # Mn, Bn (+ legend)
+    assert "torch.cond: Mn=3" in svg and "transformer_blocks[0..4] (LinearBlock)" in svg
+    pytest.importorskip("matplotlib")
+    png = Path(report.save(tmp_path / "regions.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"\.svg or \.png"):
+        report.save(tmp_path / "regions.jpg")
+
+
+def test_summary_before_any_call():
+    c = dit_cache_fx.compile(ToyDiT(), cache="F1B0")
+    assert "no cache region yet: call the model" in str(dit_cache_fx.summary(c))

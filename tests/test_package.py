@@ -1,5 +1,5 @@
-"""A newcomer's first hour: explain() that fits a screen and draws the regions, a CLI that parses before it
-imports anything heavy, a light core install, summary() before any call."""
+"""The package as installed and first run: a CLI that parses before it imports anything heavy, a light core
+import and install, the torch branch of the kernels without triton."""
 
 import re
 import subprocess
@@ -7,54 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-import dit_cache_fx
-
-from toy import ToyDiT
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    c = dit_cache_fx.compile(ToyDiT(num_layers=5), cache="F1B1_W1_R1.0", fullgraph=True)
-    with torch.no_grad():
-        for s in range(3):
-            c(torch.randn(1, 8, 16), torch.tensor([100.0 - s]))
-    return c
-
-
-def test_explain_fits_a_screen_and_says_what_was_not_measured(compiled):
-    report = dit_cache_fx.explain(compiled)
-    text = str(report)
-    lines = text.splitlines()
-    assert len(lines) <= 40 and max(map(len, lines)) <= 160, text
-    assert "graph breaks: not measured (pass example inputs)" in text
-    assert "Fn=1 [transformer_blocks.0..transformer_blocks.0] | Mn=3" in text and "streams cached: hidden" in text
-    assert "torch.ops.higher_order.cond(" in text and "def forward" not in text  # the excerpt, not the code
-    verbose = report.text(verbose=True)
-    assert "def forward" in verbose and "branch r0_compute" in verbose and len(verbose) > 3 * len(text)
-    measured = dit_cache_fx.explain(compiled, torch.randn(1, 8, 16), torch.tensor([5.0]))
-    assert "Dynamo graphs: 1, graph breaks: 0" in str(measured)
-
-
-def test_explain_picture(compiled, tmp_path):
-    report = dit_cache_fx.explain(compiled)
-    svg = Path(report.save(tmp_path / "regions.svg")).read_text()
-    assert svg.startswith("<svg") and svg.count('fill="#4C78A8"') == 1 + 1  # Fn block + legend
-    assert svg.count('fill="#F58518"') == 3 + 1 and svg.count('fill="#54A24B"') == 1 + 1  # Mn, Bn (+ legend)
-    assert "torch.cond: Mn=3" in svg and "transformer_blocks[0..4] (LinearBlock)" in svg
-    pytest.importorskip("matplotlib")
-    png = Path(report.save(tmp_path / "regions.png"))
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match=r"\.svg or \.png"):
-        report.save(tmp_path / "regions.jpg")
-
-
-def test_summary_before_any_call():
-    c = dit_cache_fx.compile(ToyDiT(), cache="F1B0")
-    assert "no cache region yet: call the model" in str(dit_cache_fx.summary(c))
 
 
 def _run(code: str) -> str:
