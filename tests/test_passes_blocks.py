@@ -13,7 +13,7 @@ from dit_cache_fx.reference import EagerDBCache
 
 from graphs import dynamo_graph, latents, toy_inputs
 from helpers import max_rel_err
-from toy import DualToyDiT, MixedSequential, ToyDiT
+from toy import DualToyDiT, LinearBlock, MixedSequential, ToyDiT
 
 
 def test_find_runs_toy():
@@ -74,3 +74,26 @@ def test_same_shape_dual_stream_model_matches_oracle():
     for k, d in ora.residual_diffs().items():
         assert s.residual_diffs[k] == pytest.approx(d, rel=1e-4)
     assert max_rel_err(outs, refs) <= 1e-4
+
+
+class AlternatingDiT(ToyDiT):
+    """Spatial and temporal blocks in two lists, called in turn (Latte): no list's blocks are consecutive."""
+
+    def __init__(self, dim: int = 16, num_layers: int = 3) -> None:
+        super().__init__(dim, num_layers)
+        self.temporal_blocks = type(self.transformer_blocks)(LinearBlock(dim) for _ in range(num_layers))
+
+    def forward(self, hidden_states, timestep):
+        h = self.proj_in(hidden_states)
+        temb = timestep.float().view(-1, 1, 1) / 1000
+        for spatial, temporal in zip(self.transformer_blocks, self.temporal_blocks):
+            h = temporal(spatial(h, temb).transpose(0, 1), temb).transpose(0, 1)
+        return self.proj_out(h)
+
+
+def test_alternating_lists_form_no_run_and_say_so():
+    gm = dynamo_graph(AlternatingDiT(), *toy_inputs())
+    runs, rejected = find_runs(gm, latents(gm))
+    assert runs == []
+    assert any("transformer_blocks and temporal_blocks alternate" in r.reason or
+               "temporal_blocks and transformer_blocks alternate" in r.reason for r in rejected), rejected

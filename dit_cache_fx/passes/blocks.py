@@ -381,6 +381,7 @@ def _list_runs(blocks: list[Block]) -> tuple[list[list[Block]], list[Rejected]]:
     """Chains of consecutive blocks of one list; and, where two consecutive ones do not chain, why."""
     runs: list[list[Block]] = []
     breaks: list[Rejected] = []
+    alternating: set[tuple[str, str]] = set()
     for blk in blocks:
         prev = runs[-1][-1] if runs else None
         if prev is not None and prev.container == blk.container and blk.index == prev.index + 1:
@@ -389,6 +390,13 @@ def _list_runs(blocks: list[Block]) -> tuple[list[list[Block]], list[Rejected]]:
                 runs[-1].append(blk)
                 continue
             breaks.append(Rejected(f"{prev.path} -> {blk.path}", why))
+        elif prev is not None and prev.container != blk.container and blk.index > 0 \
+                and (prev.container, blk.container) not in alternating:  # A.i -> B.i -> A.i+1 (Latte)
+            alternating |= {(prev.container, blk.container), (blk.container, prev.container)}
+            breaks.append(Rejected(
+                f"{prev.path} -> {blk.path}", f"the blocks of {prev.container} and {blk.container} alternate "
+                "(e.g. spatial and temporal attention): a run is consecutive blocks of one list, or whole lists one "
+                "after another, so interleaved lists form no run to cache"))
         runs.append([blk])
     return runs, breaks
 
