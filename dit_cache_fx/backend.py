@@ -57,8 +57,6 @@ class CacheBackend:
             log.info("dit_cache_fx: %s", "; ".join(f"{r.plan.name}: {r.plan.split_text()}" for r in record.regions))
         compiled = gm if as_python else self._compile(gm, example_inputs, flattened)
         device = value_of(record.regions[0].plan.fn_out).device if record.regions else None
-        if device is None and h.store.ctx is not None:
-            device = h.store.ctx.call.device
         info.runner = GraphRunner(h, compiled, record, input_symbols(inputs), device, kept)
         info.runner.classifies = record.classifies
         return info.runner

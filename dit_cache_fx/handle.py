@@ -125,13 +125,13 @@ class CacheHandle:
         c.hint = CFG_BRANCH_OF_NAME.get(c.name, -1) if c.name is not None else -1
         return c
 
-    def classify(self, device: torch.device | None, in_graph: bool = False, eager: bool = False) -> None:
-        """Advance the step context for the current call (once per call, by the first graph that runs):
+    def classify(self, device: torch.device, in_graph: bool = False, eager: bool = False) -> None:
+        """Advance the step context for the current call (once per call, by the first graph with a region):
         mark it pending for a graph that classifies it itself (`in_graph`), else classify it here (`eager`:
         with plain torch ops, for a rare call that needs the step on the host before the graph runs)."""
         c = self.call
         c.ran = True
-        if not c.pending or device is None:
+        if not c.pending:
             return
         ctx = self.store.context(device)
         self.store.set_hint(ctx, c.hint)

@@ -45,26 +45,20 @@ class GraphRunner:
             taken = args if self.kept is None else [args[i] for i in self.kept]
             with torch.no_grad(), (regional.graph_inputs(args) if h.regional else contextlib.nullcontext()):
                 return self.compiled(*taken)
-        extra: list[torch.Tensor] | None = []
-        keys = None
-        if self.regions:
-            store = h.store
-            serial = store.mine().serial  # each thread its own state tensors
-            if self._epoch != store.epoch:
-                self._extra.clear()
-                self._states.clear()
-                self._epoch = store.epoch
-            keys = (serial, *[ev(args)[0] for ev in self.shape_of])
-            extra = self._extra.get(keys)
+        store = h.store
+        if self._epoch != store.epoch:
+            self._extra.clear()
+            self._states.clear()
+            self._epoch = store.epoch
+        keys = (store.mine().serial, *[ev(args)[0] for ev in self.shape_of])  # each thread its own state tensors
+        extra = self._extra.get(keys)
         if extra is None:  # new sizes: the host checks them against the step, so it classifies this call
             h.classify(self.device, eager=True)
             extra = self._extra[keys] = self._tensors(args, keys)
         else:
             h.classify(self.device, in_graph=self.classifies)
-        states = self._states.get(keys)
-        if states:
-            for name, dims, state in states:
-                h.store.note_call(name, dims, state)
+        for name, dims, state in self._states[keys]:
+            store.note_call(name, dims, state)
         taken = list(args) if self.kept is None else [args[i] for i in self.kept]
         taken += extra
         if h.regional:
