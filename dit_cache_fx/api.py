@@ -17,8 +17,16 @@ import torch
 from . import _compat
 from .backend import CacheBackend
 from .config import CFG_BRANCH_OF_NAME, CacheArg, CacheConfig, DBPruneConfig, RunSpecs, structural_changes
-from .errors import CachePlanError, DitCacheError, InferenceOnlyError, NoBlockRunError, UnsupportedTorchError
+from .errors import (
+    CachePlanError,
+    DitCacheError,
+    InferenceOnlyError,
+    NoBlockRunError,
+    OffloadError,
+    UnsupportedTorchError,
+)
 from .handle import CacheHandle
+from .offload import GroupOffload, check_supported, hooked_modules, lift
 from .runtime import regional
 from .runtime.store import StateStore
 
@@ -94,7 +102,6 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     if specs.enabled:
         check_block_lists(module, specs)
         check_block_tensors(module)
-        check_offload_hooks(module)
     group = _compat.group_name(process_group) if process_group is not None else _compat.context_parallel_group(module)
     if specs.enabled and process_group is None and group is not None and (why := _compat.context_parallel_unsupported()):
         raise UnsupportedTorchError(f"dit_cache_fx: {why}")
@@ -103,7 +110,8 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
                          block_modules=_block_modules(module),
                          list_sizes={name: n for name, (n, _) in block_lists(module).items()})
     if specs.enabled:
-        handle.check_hooks = functools.partial(check_offload_hooks, module)
+        adopt_offload(handle, module)
+        handle.check_hooks = functools.partial(check_late_hooks, handle, module)
     compiled = _compat.torch_compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
@@ -244,10 +252,16 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module, compi
         if move_model_hook(module, compiled):  # added to the model after compile: now on the wrapper, run it
             return compiled(*args, **kwargs)
         hooks_outside(module)
+        if not handle.graphs and handle.specs.enabled:  # group offloading enabled after compile
+            adopt_offload(handle, module)
         call = handle.begin_call(args, kwargs)
         if call.name is not None and call.hint < 0 and handle.specs.enabled:
             return _unknown_call(handle, module, call.name, args, kwargs)
-        out = run(call, args, kwargs)
+        if handle.offload is None:
+            out = run(call, args, kwargs)
+        else:
+            with handle.offload.call(everything=not handle.regional):
+                out = run(call, args, kwargs)
         _end_call(handle, call)
         return out
 
@@ -277,8 +291,8 @@ def hooks_outside(module: torch.nn.Module) -> None:
     and compiles the model's own forward it calls, so the hook neither breaks the graph nor hides the model's
     inputs. Checked at every call, so a hook added after `compile` is handled too."""
     hooked = module.__dict__.get("forward")
-    if hooked is None or getattr(hooked, "_dit_cache_fx_outside", False):
-        return
+    if hooked is None or getattr(hooked, "_dit_cache_fx_outside", False) or getattr(hooked, "_dit_cache_fx_lifted", False):
+        return  # group offloading's lifted forward: its groups run around the compiled code (`offload.py`)
     if getattr(hooked, "__func__", None) is type(module).forward:  # the model's own forward, bound: compile it
         return
     if isinstance(hooked, functools.partial):  # the hook's own function is the frame to skip
@@ -446,36 +460,27 @@ def check_block_tensors(module: torch.nn.Module) -> None:
             "tensors do), or dequantize the weights")
 
 
-def offload_hooks(module: torch.nn.Module) -> dict[str, str]:
-    """Offloading hooks on the model's submodules (by module name: what installed them). The model's own
-    top-level hook (model CPU offload) is not one of them: it runs outside the compiled code."""
-    out = {}
-    for name, m in module.named_modules():
-        registry = m.__dict__.get("_diffusers_hook")
-        hooks = getattr(registry, "hooks", {}) or {}
-        if any("group_offloading" in h for h in hooks):
-            out[name or "<model>"] = "diffusers group offloading (enable_group_offload)"
-        elif name and m.__dict__.get("_hf_hook") is not None:
-            out[name] = "accelerate per-module hooks (enable_sequential_cpu_offload, or a device_map)"
-    return out
+def adopt_offload(handle: CacheHandle, module: torch.nn.Module) -> None:
+    """diffusers group offloading on the model (`offload.py`): lift its hooks for tracing and run its groups
+    around the compiled code; fail for the offloading the cache cannot run around."""
+    check_supported(module, handle.regional)
+    if handle.offload is not None or not hooked_modules(module):
+        return
+    lift(module)
+    handle.offload = GroupOffload(module)
+    if not handle.regional:
+        warnings.warn(f"dit_cache_fx: {type(module).__name__} uses group offloading; the whole-graph mode reads every "
+                      "weight when the graph starts, so all its groups are onloaded for each call (the peak memory of "
+                      "model offloading). compile(..., regional=True) onloads one block at a time, and a cached step "
+                      "never onloads the blocks it skips", stacklevel=4)
 
 
-def check_offload_hooks(module: torch.nn.Module) -> None:
-    """Offloading hooks that move weights around each block or layer run in `torch.compiler.disable`d code:
-    Dynamo breaks the graph at every block, so no graph holds a run of blocks to cache. Fail naming them."""
-    from .errors import OffloadError
-
-    found = offload_hooks(module)
-    if found:
-        kinds = sorted(set(found.values()))
-        names = ", ".join(list(found)[:3]) + (", ..." if len(found) > 3 else "")
-        raise OffloadError(
-            f"dit_cache_fx: {type(module).__name__} has {' and '.join(kinds)} on {len(found)} modules ({names}). "
-            "Its onload/offload hooks run around every block or layer outside the compiled code, so Dynamo breaks "
-            "the graph at each block and no graph holds a run of blocks to cache. Use model offloading instead: "
-            "pipe.enable_model_cpu_offload() before or after dit_cache_fx.compile (the whole transformer moves "
-            "once per call; its hook runs outside the compiled graph); or remove the hooks first "
-            "(build the transformer again without enable_group_offload; pipe.remove_all_hooks() for accelerate's)")
+def check_late_hooks(handle: CacheHandle, module: torch.nn.Module) -> None:
+    """Offloading hooks added after the first call: the graphs were traced without them."""
+    if handle.offload is None and hooked_modules(module):
+        raise OffloadError(f"dit_cache_fx: group offloading was enabled on {type(module).__name__} after its first "
+                           "compiled call; enable it before that call (before or after dit_cache_fx.compile)")
+    check_supported(module, handle.regional)
 
 
 # ---------------------------------------------------------------------------------------------------------

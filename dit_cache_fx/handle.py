@@ -101,6 +101,7 @@ class CacheHandle:
     checked: bool = False  # the first call's "found something to cache" check is done
     checks_done: int = 0  # calls whose step context was read for `ambiguous`
     check_hooks: Callable[[], None] | None = None  # raises for offload hooks that split the graph (api)
+    offload: Any = None  # the model's diffusers group offloading (`offload.GroupOffload`), run around the graphs
     _calls: threading.local = field(default_factory=threading.local, repr=False)
 
     @property

@@ -8,7 +8,6 @@ sizes the states on the host (`_dims_evaluator`) and has the host classify that 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -30,6 +29,7 @@ class GraphRunner:
     def __init__(self, handle: CacheHandle, compiled: Callable, record: PipelineRecord,
                  symbols: dict, device: torch.device | None, kept: list[int] | None = None) -> None:
         self.handle, self.compiled, self.device = handle, compiled, device
+        self._outside: tuple = (None, frozenset())  # (offload, the groups whose weights the graph reads itself)
         self.regions, self.signature = record.regions, record.inputs
         self.classifies = False  # the graph classifies a pending call itself
         self.kept = kept  # the Dynamo inputs the compiled graph takes (regional mode drops the weights only blocks read)
@@ -42,9 +42,7 @@ class GraphRunner:
         h = self.handle
         if not self.regions:  # a graph without a cache region leaves the step to the first one with a region
             h.call.ran = True
-            taken = args if self.kept is None else [args[i] for i in self.kept]
-            with torch.no_grad(), (regional.graph_inputs(args) if h.regional else contextlib.nullcontext()):
-                return self.compiled(*taken)
+            return self._run(args, args if self.kept is None else [args[i] for i in self.kept])
         store = h.store
         if self._epoch != store.epoch:
             self._extra.clear()
@@ -61,12 +59,21 @@ class GraphRunner:
             store.note_call(name, dims, state)
         taken = list(args) if self.kept is None else [args[i] for i in self.kept]
         taken += extra
-        if h.regional:
-            with torch.no_grad(), regional.graph_inputs(args):
-                return self.compiled(*taken)
-        if not torch.is_grad_enabled():
+        if not h.regional and not torch.is_grad_enabled():
             return self.compiled(*taken)
-        with torch.no_grad():
+        return self._run(args, taken)
+
+    def _run(self, args: tuple, taken: list) -> object:
+        h = self.handle
+        if not h.regional:
+            with torch.no_grad():
+                return self.compiled(*taken)
+        offload = h.offload
+        if offload is not None:  # the groups of the weights read outside the block calls: for the whole graph
+            if self._outside[0] is not offload:
+                self._outside = offload, offload.read_by(taken)
+            offload.onload(self._outside[1])
+        with torch.no_grad(), regional.graph_inputs(args, offload):
             return self.compiled(*taken)
 
     def _tensors(self, args, keys) -> list[torch.Tensor]:

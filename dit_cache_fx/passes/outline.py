@@ -7,7 +7,8 @@ Before (block 3 of a run, and a cond whose compute branch holds blocks 4-5; name
 
 After::
 
-    outs = torch.ops.dit_cache_fx.block([h3, e3, temb, rope], key=K, slots=[-1, -1, -1, -1, 17, 18, ...])
+    outs = torch.ops.dit_cache_fx.block([h3, e3, temb, rope], key=K, slots=[-1, -1, -1, -1, 17, 18, ...],
+                                        path="transformer_blocks.3")
     h4, e4 = outs[0], outs[1]
     r = cond(use_cache, r0_cached, r0_compute, (h4, e4, ..., temb, rope))   # weights no longer operands
 
@@ -55,6 +56,7 @@ class Outlined(NamedTuple):
     outlined: int  # blocks now calls of their block code
     inline: int  # blocks left as they were (a non-tensor input, symbolic or data-dependent sizes)
     keys: frozenset = frozenset()  # the block codes the graph calls (`regional.BLOCKS`)
+    paths: frozenset = frozenset()  # the blocks outlined ("transformer_blocks.3")
 
 
 def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping | None = None) -> Outlined:
@@ -91,7 +93,8 @@ def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping |
         gm.graph.lint()
         gm.recompile()
     inline = {b[0] for g in graphs for n in g.graph.nodes if n.op.startswith("call") and (b := node_block(n))}
-    return Outlined(len(sites), len(inline), frozenset(key for key, _ in codes.values()))
+    return Outlined(len(sites), len(inline), frozenset(key for key, _ in codes.values()),
+                    frozenset(site.block.path for site in sites))
 
 
 def _mutated(p: Node) -> bool:
@@ -153,7 +156,7 @@ def _replace(site: _Site, key: int, picks: list[int]) -> None:
     tensors = [n for n in ins if n not in slots]
     where = [slots.get(n, -1) for n in ins]
     with graph.inserting_before(insertion_point(graph, block)):
-        call = graph.call_function(torch.ops.dit_cache_fx.block.default, (tensors, key, where))
+        call = graph.call_function(torch.ops.dit_cache_fx.block.default, (tensors, key, where, block.path))
         call.meta["val"] = call.meta["example_value"] = results
         getitems = []
         for i in picks:

@@ -3,7 +3,7 @@
 `passes/outline.py` replaces the nodes of each block — in the model's graph (Fn, Bn, uncached runs) and in
 every cond's compute branch (Mn) — by one call of the opaque op
 
-    torch.ops.dit_cache_fx.block(inputs: Tensor[], key: int, slots: int[]) -> Tensor[]
+    torch.ops.dit_cache_fx.block(inputs: Tensor[], key: int, slots: int[], path: str) -> Tensor[]
 
 `key` names the block's code (its graph, up to renaming, its inputs' shapes, dtypes and strides, and the
 inductor config): the instances of one block class share one key, so inductor compiles each distinct block
@@ -17,7 +17,9 @@ in the graph.
 outer graph's input `i` of the current call (`graph_inputs`). The blocks' weights are graph inputs that
 Dynamo passes on every call; fetched by slot, they are not edges of the outer graph, so they are neither
 cond operands nor arguments AOTAutograd and inductor trace through, and a model's hundreds of weights
-cost the outer graph's compilation nothing.
+cost the outer graph's compilation nothing. `path` names the block instance ("transformer_blocks.3"): with
+diffusers group offloading (`offload.GroupOffload`) its groups are onloaded around the call, so the weights
+the slots read are the onloaded ones.
 
 `BLOCKS` is the process-wide table of block code, like inductor's own code cache: entries are immutable once
 registered and shared by every compiled model with the same blocks. It is owned: each compiled module's
@@ -33,6 +35,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -123,31 +126,45 @@ def codes() -> list[tuple[int, BlockCode]]:
         return list(BLOCKS.items())
 
 
+class _Frame(NamedTuple):
+    args: tuple  # the outer graph's inputs
+    offload: Any  # the model's `offload.GroupOffload`, or None
+
+
 @contextlib.contextmanager
-def graph_inputs(args: tuple) -> Iterator[None]:
-    """While a compiled outer graph runs: its inputs, which its block calls read by slot."""
+def graph_inputs(args: tuple, offload: Any = None) -> Iterator[None]:
+    """While a compiled outer graph runs: its inputs, which its block calls read by slot, and the model's
+    group offloading (run around each block call)."""
     stack = _FRAMES.__dict__.setdefault("stack", [])
-    stack.append(args)
+    stack.append(_Frame(args, offload))
     try:
         yield
     finally:
         stack.pop()
 
 
-def _gather(inputs: list[Tensor], slots: list[int]) -> list[Tensor]:
+def _frame() -> _Frame:
     stack = getattr(_FRAMES, "stack", None)
     if not stack:
         raise DitCacheError("dit_cache_fx::block reads graph inputs by slot: call it from a compiled model")
-    frame, it = stack[-1], iter(inputs)
-    return [next(it) if s < 0 else frame[s] for s in slots]
+    return stack[-1]
+
+
+def _gather(args: tuple, inputs: list[Tensor], slots: list[int]) -> list[Tensor]:
+    it = iter(inputs)
+    return [next(it) if s < 0 else args[s] for s in slots]
 
 
 @torch.library.custom_op("dit_cache_fx::block", mutates_args=())
-def block(inputs: list[Tensor], key: int, slots: list[int]) -> list[Tensor]:
+def block(inputs: list[Tensor], key: int, slots: list[int], path: str) -> list[Tensor]:
     """Run the compiled code of block `key` on its inputs (compiling it on its first call)."""
-    return BLOCKS[key](_gather(inputs, slots))
+    frame = _frame()
+    if frame.offload is None:
+        return BLOCKS[key](_gather(frame.args, inputs, slots))
+    with frame.offload.around(path):  # the weights read by slot are onloaded first
+        return BLOCKS[key](_gather(frame.args, inputs, slots))
 
 
 @block.register_fake
-def _block_fake(inputs: list[Tensor], key: int, slots: list[int]) -> list[Tensor]:
+def _block_fake(inputs: list[Tensor], key: int, slots: list[int], path: str) -> list[Tensor]:
     return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in BLOCKS[key].outputs]
