@@ -27,8 +27,8 @@ class UnsupportedWeightsError(DitCacheError):
 
 
 class OffloadError(DitCacheError):
-    """Offloading hooks around the model's blocks or layers (diffusers group offloading, accelerate's
-    sequential offload) split the traced graph at every block; model CPU offload works."""
+    """Offloading the cache cannot run around the compiled code (accelerate's sequential offload, group
+    offloading with streams or enabled after the first call; the message names what works)."""
 
 
 class UnsupportedTorchError(DitCacheError):
