@@ -26,7 +26,7 @@ from .errors import (
     UnsupportedTorchError,
 )
 from .handle import CacheHandle
-from .offload import GroupOffload, check_supported, hooked_modules, lift
+from .offload import GroupOffload, check_supported, hooked_modules, lift, lifted_modules
 from .runtime import regional
 from .runtime.store import StateStore
 
@@ -110,8 +110,8 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
                          block_modules=_block_modules(module),
                          list_sizes={name: n for name, (n, _) in block_lists(module).items()})
     if specs.enabled:
-        adopt_offload(handle, module)
-        handle.check_hooks = functools.partial(check_late_hooks, handle, module)
+        adopt_hooks(handle, module)
+        handle.check_hooks = functools.partial(check_late_hooks, module, regional)
     compiled = _compat.torch_compile(module, backend=CacheBackend(handle), **torch_compile_kwargs)
     # on the wrapper itself (its __setattr__ would forward to the original module, which several wrappers may share)
     compiled.__dict__[_HANDLE_ATTR] = handle
@@ -252,8 +252,8 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module, compi
         if move_model_hook(module, compiled):  # added to the model after compile: now on the wrapper, run it
             return compiled(*args, **kwargs)
         hooks_outside(module)
-        if not handle.graphs and handle.specs.enabled:  # group offloading enabled after compile
-            adopt_offload(handle, module)
+        if not handle.graphs and handle.specs.enabled:  # group offloading or layerwise casting enabled after compile
+            adopt_hooks(handle, module)
         call = handle.begin_call(args, kwargs)
         if call.name is not None and call.hint < 0 and handle.specs.enabled:
             return _unknown_call(handle, module, call.name, args, kwargs)
@@ -460,13 +460,13 @@ def check_block_tensors(module: torch.nn.Module) -> None:
             "tensors do), or dequantize the weights")
 
 
-def adopt_offload(handle: CacheHandle, module: torch.nn.Module) -> None:
-    """diffusers group offloading on the model (`offload.py`): lift its hooks for tracing and run its groups
-    around the compiled code; fail for the offloading the cache cannot run around."""
+def adopt_hooks(handle: CacheHandle, module: torch.nn.Module) -> None:
+    """diffusers hooks on the model's layers that the cache runs around the compiled code (`offload.py`: group
+    offloading, layerwise casting): lift them for tracing, and run the offload groups around the graphs;
+    fail for the offloading the cache cannot run around."""
     check_supported(module, handle.regional)
-    if handle.offload is not None or not hooked_modules(module):
+    if not lift(module) or handle.offload is not None or not hooked_modules(module):
         return
-    lift(module)
     handle.offload = GroupOffload(module)
     if not handle.regional:
         warnings.warn(f"dit_cache_fx: {type(module).__name__} uses group offloading; the whole-graph mode reads every "
@@ -475,12 +475,15 @@ def adopt_offload(handle: CacheHandle, module: torch.nn.Module) -> None:
                       "never onloads the blocks it skips", stacklevel=4)
 
 
-def check_late_hooks(handle: CacheHandle, module: torch.nn.Module) -> None:
-    """Offloading hooks added after the first call: the graphs were traced without them."""
-    if handle.offload is None and hooked_modules(module):
-        raise OffloadError(f"dit_cache_fx: group offloading was enabled on {type(module).__name__} after its first "
-                           "compiled call; enable it before that call (before or after dit_cache_fx.compile)")
-    check_supported(module, handle.regional)
+def check_late_hooks(module: torch.nn.Module, regional: bool) -> None:
+    """Hooks added after the first call: the graphs were traced without lifting them."""
+    late = [n for n, m in lifted_modules(module).items()
+            if not getattr(m.__dict__.get("forward"), "_dit_cache_fx_lifted", False)]
+    if late:
+        raise OffloadError(f"dit_cache_fx: group offloading or layerwise casting was enabled on {type(module).__name__} "
+                           f"({', '.join(late[:3])}{', ...' if len(late) > 3 else ''}) after its first compiled call; "
+                           "enable it before that call (before or after dit_cache_fx.compile)")
+    check_supported(module, regional)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -27,8 +27,9 @@ class UnsupportedWeightsError(DitCacheError):
 
 
 class OffloadError(DitCacheError):
-    """Offloading the cache cannot run around the compiled code (accelerate's sequential offload, group
-    offloading with streams or enabled after the first call; the message names what works)."""
+    """Offloading (or another diffusers layer hook) the cache cannot run around the compiled code: accelerate's
+    sequential offload, group offloading with streams, hooks enabled after the first call; the message names
+    what works."""
 
 
 class UnsupportedTorchError(DitCacheError):

@@ -32,6 +32,7 @@ import torch
 from .errors import OffloadError
 
 GROUP_HOOK = "group_offloading"  # diffusers' name of its hook in a module's `_diffusers_hook` registry
+CASTING_HOOK = "layerwise_casting"  # `enable_layerwise_casting`: weights stored in one dtype, computed in another
 STREAM_HOOKS = ("lazy_prefetch_group_offloading", "layer_execution_tracker")  # `use_stream=True` adds them
 
 
@@ -45,6 +46,11 @@ def group_of(module: torch.nn.Module) -> Any:
     """The diffusers `ModuleGroup` a module's group-offloading hook onloads, or None."""
     hook = registry_hooks(module).get(GROUP_HOOK)
     return getattr(hook, "group", None)
+
+
+def lifted_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The modules of `model` with a hook `lift` takes off for tracing (group offloading, layerwise casting)."""
+    return {name: m for name, m in model.named_modules() if registry_hooks(m).keys() & {GROUP_HOOK, CASTING_HOOK}}
 
 
 def hooked_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -140,19 +146,21 @@ def check_supported(model: torch.nn.Module, regional: bool) -> None:
             "replace the weights by new tensors around every layer, outside the compiled code, so no graph can hold "
             "the blocks. Use pipe.enable_model_cpu_offload() before or after dit_cache_fx.compile, or diffusers "
             "group offloading (transformer.enable_group_offload(...), which the cache runs around each block)")
-    hooked = hooked_modules(model)
-    if not hooked:
+    if not lifted_modules(model):
         return
-    for name, m in hooked.items():
-        other = set(registry_hooks(m)) - {GROUP_HOOK}
+    for name, m in lifted_modules(model).items():
+        other = set(registry_hooks(m)) - {GROUP_HOOK, CASTING_HOOK}
         if other & set(STREAM_HOOKS) or getattr(group_of(m), "stream", None) is not None:
             raise OffloadError(
                 f"dit_cache_fx: group offloading of {type(model).__name__} uses streams (use_stream=True): its "
                 "prefetching follows the order the layers ran in the first call, which a cached step changes. "
                 "Call enable_group_offload with use_stream=False, or use pipe.enable_model_cpu_offload()")
         if other:
-            raise OffloadError(f"dit_cache_fx: {name} has diffusers hooks {sorted(other)} besides group offloading; "
-                               "the cache can only run group offloading's hooks around the compiled blocks")
+            raise OffloadError(f"dit_cache_fx: {name} has diffusers hooks {sorted(other)} besides group offloading or "
+                               "layerwise casting; the cache can only run those around the compiled code")
+        if CASTING_HOOK in registry_hooks(m) and not isinstance(m, _CASTABLE):
+            raise OffloadError(f"dit_cache_fx: {name} ({type(m).__name__}) has diffusers layerwise casting, which the "
+                               f"cache traces for {', '.join(t.__name__ for t in _CASTABLE)} layers only")
     if regional and GroupOffload(model).offloads_elsewhere():
         raise OffloadError(
             f"dit_cache_fx: group offloading of {type(model).__name__} onto another device than the weights rest "
@@ -162,27 +170,57 @@ def check_supported(model: torch.nn.Module, regional: bool) -> None:
 
 
 def lift(model: torch.nn.Module) -> int:
-    """Make every group-offloading-hooked submodule run its own forward while Dynamo traces (the hooks still
-    run eagerly). Returns the number of modules lifted (again: 0)."""
+    """Make every module with a group-offloading or layerwise-casting hook run, while Dynamo traces, its own
+    forward (with layerwise casting: on its weights cast to the compute dtype, as values in the graph instead
+    of the hook's in-place `module.to`); eagerly the hooks still run. Returns the number of modules lifted
+    (again: 0)."""
     lifted = 0
-    for m in hooked_modules(model).values():
+    for m in lifted_modules(model).values():
         hooked = m.__dict__.get("forward")
         if hooked is None or getattr(hooked, "_dit_cache_fx_lifted", False):
             continue
-        m.forward = _lifted(m, m._diffusers_hook._fn_refs[0].forward, hooked)  # the forward before any hook
+        casting = registry_hooks(m).get(CASTING_HOOK)
+        m.forward = _lifted(m, m._diffusers_hook._fn_refs[0].forward, hooked,  # the forward before any hook
+                            casting.compute_dtype if casting is not None else None)
         lifted += 1
     return lifted
 
 
-def _lifted(module: torch.nn.Module, own: Any, hooked: Any) -> Any:
-    """`module.forward` that is `own` while Dynamo traces and `hooked` otherwise; bound to the module, so that
-    Dynamo sees the module as the frame's `self` (module paths as without hooks: `transformer_blocks.0`)."""
+_CASTABLE = (torch.nn.Linear, torch.nn.Embedding, torch.nn.modules.conv._ConvNd)
+
+
+def cast_forward(module: torch.nn.Module, dtype: torch.dtype, x: torch.Tensor, *args: Any) -> torch.Tensor:
+    """What layerwise casting's `module.to(compute dtype)` followed by the layer's forward computes, with the
+    cast weights as values (the layers diffusers casts: Linear, Conv*, ConvTranspose*, Embedding)."""
+    F = torch.nn.functional
+    w = module.weight.to(dtype)
+    b = module.bias.to(dtype) if getattr(module, "bias", None) is not None else None
+    if isinstance(module, torch.nn.Linear):
+        return F.linear(x, w, b)
+    if isinstance(module, torch.nn.Embedding):
+        return F.embedding(x, w, module.padding_idx, module.max_norm, module.norm_type, module.scale_grad_by_freq,
+                           module.sparse)
+    if not module.transposed:
+        return module._conv_forward(x, w, b)
+    n = len(module.stride)
+    output_padding = module._output_padding(x, args[0] if args else None, list(module.stride), list(module.padding),
+                                            list(module.kernel_size), n, list(module.dilation))
+    op = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[n - 1]
+    return op(x, w, b, module.stride, module.padding, output_padding, module.groups, module.dilation)
+
+
+def _lifted(module: torch.nn.Module, own: Any, hooked: Any, dtype: torch.dtype | None) -> Any:
+    """`module.forward` that is `own` (or `cast_forward` to `dtype`) while Dynamo traces and `hooked` otherwise;
+    bound to the module, so that Dynamo sees the module as the frame's `self` (module paths as without hooks:
+    `transformer_blocks.0`)."""
     func = own.__func__ if getattr(own, "__self__", None) is module else None
 
     def forward(self, *args, **kwargs):
-        if torch.compiler.is_compiling():
-            return func(self, *args, **kwargs) if func is not None else own(*args, **kwargs)
-        return hooked(*args, **kwargs)
+        if not torch.compiler.is_compiling():
+            return hooked(*args, **kwargs)
+        if dtype is not None:
+            return cast_forward(self, dtype, *args, **kwargs)
+        return func(self, *args, **kwargs) if func is not None else own(*args, **kwargs)
 
     forward._dit_cache_fx_lifted = True
-    return types.MethodType(functools.wraps(own)(forward), module)
+    return types.MethodType(functools.wraps(hooked)(forward), module)

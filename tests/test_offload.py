@@ -1,4 +1,4 @@
-"""Offloading with a compiled, cached transformer (on CPU: onload and execution device are the CPU, so the
+"""Offloading and layerwise casting with a compiled, cached transformer (on CPU: onload and execution device are the CPU, so the
 hooks run and move nothing; what is tested is that they run outside the compiled graph and cache as usual).
 
 - `pipe.enable_model_cpu_offload()` (accelerate's `cpu_offload_with_hook` on the whole transformer), before or
@@ -177,3 +177,31 @@ def test_sequential_offload_fails_in_compile():
     pipe.enable_sequential_cpu_offload(device="cpu")
     with pytest.raises(dit_cache_fx.OffloadError, match=r"enable_sequential_cpu_offload.*enable_model_cpu_offload.*group"):
         dit_cache_fx.compile(pipe, cache=SPEC)
+
+
+def _cast(pipe) -> None:
+    pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("regional", [False, True], ids=["whole", "regional"])
+def test_layerwise_casting(regional, tmp_path):
+    """diffusers layerwise casting (fp8 storage, fp32 compute): its hooks' in-place `module.to` becomes casts
+    in the graph; threshold 0 equals the eager cast model, the weights stay stored in fp8, the cache caches,
+    one graph, 0 breaks. Regional mode also with group offloading to disk on the same layers."""
+    from torch._dynamo.utils import counters
+
+    eager = _pipe()
+    _cast(eager)
+    want = _run(eager)
+    pipe = _pipe()
+    _cast(pipe)
+    if regional:
+        _group_offload(pipe.transformer, "leaf_level", disk=tmp_path)
+    dit_cache_fx.compile(pipe, cache="F1B0_R0", regional=regional)
+    assert max_rel_err([_run(pipe)], [want]) <= 1e-5
+    assert pipe.transformer.transformer_blocks[0].ff.net[2].weight.dtype == torch.float8_e4m3fn
+    dit_cache_fx.configure(pipe, SPEC)
+    _run(pipe)
+    assert dit_cache_fx.summary(pipe.transformer).cached_steps
+    assert len(counters["graph_break"]) == 0
+    assert len(handle(pipe.transformer).graphs) == 1
