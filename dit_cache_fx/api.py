@@ -292,7 +292,7 @@ def hooks_outside(module: torch.nn.Module) -> None:
     inputs. Checked at every call, so a hook added after `compile` is handled too."""
     hooked = module.__dict__.get("forward")
     if hooked is None or getattr(hooked, "_dit_cache_fx_outside", False) or getattr(hooked, "_dit_cache_fx_lifted", False):
-        return  # group offloading's lifted forward: its groups run around the compiled code (`offload.py`)
+        return  # a forward `offload.lift` made: its hooks run around the compiled code, not in it
     if getattr(hooked, "__func__", None) is type(module).forward:  # the model's own forward, bound: compile it
         return
     if isinstance(hooked, functools.partial):  # the hook's own function is the frame to skip

@@ -88,10 +88,6 @@ class GroupOffload:
     def __len__(self) -> int:
         return len(self.groups)
 
-    def offloads_elsewhere(self) -> bool:
-        """Whether some group rests on another device than it runs on (an accelerator's CPU offload)."""
-        return any(torch.device(g.onload_device) != torch.device(g.offload_device) for g in self.groups.values())
-
     def read_by(self, tensors: Iterable[Any]) -> frozenset[int]:
         """The groups that own some of `tensors` (the weights a graph reads outside its block calls: they are
         onloaded before it runs)."""
@@ -146,9 +142,8 @@ def check_supported(model: torch.nn.Module, regional: bool) -> None:
             "replace the weights by new tensors around every layer, outside the compiled code, so no graph can hold "
             "the blocks. Use pipe.enable_model_cpu_offload() before or after dit_cache_fx.compile, or diffusers "
             "group offloading (transformer.enable_group_offload(...), which the cache runs around each block)")
-    if not lifted_modules(model):
-        return
-    for name, m in lifted_modules(model).items():
+    lifted = lifted_modules(model)
+    for name, m in lifted.items():
         other = set(registry_hooks(m)) - {GROUP_HOOK, CASTING_HOOK}
         if other & set(STREAM_HOOKS) or getattr(group_of(m), "stream", None) is not None:
             raise OffloadError(
@@ -161,7 +156,8 @@ def check_supported(model: torch.nn.Module, regional: bool) -> None:
         if CASTING_HOOK in registry_hooks(m) and not isinstance(m, _CASTABLE):
             raise OffloadError(f"dit_cache_fx: {name} ({type(m).__name__}) has diffusers layerwise casting, which the "
                                f"cache traces for {', '.join(t.__name__ for t in _CASTABLE)} layers only")
-    if regional and GroupOffload(model).offloads_elsewhere():
+    groups = [g for m in lifted.values() if (g := group_of(m)) is not None]
+    if regional and any(torch.device(g.onload_device) != torch.device(g.offload_device) for g in groups):
         raise OffloadError(
             f"dit_cache_fx: group offloading of {type(model).__name__} onto another device than the weights rest "
             "on, with regional=True: Dynamo traces and guards the blocks with their weights where they rest, "

@@ -56,7 +56,6 @@ class Outlined(NamedTuple):
     outlined: int  # blocks now calls of their block code
     inline: int  # blocks left as they were (a non-tensor input, symbolic or data-dependent sizes)
     keys: frozenset = frozenset()  # the block codes the graph calls (`regional.BLOCKS`)
-    paths: frozenset = frozenset()  # the blocks outlined ("transformer_blocks.3")
 
 
 def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping | None = None) -> Outlined:
@@ -93,8 +92,7 @@ def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping |
         gm.graph.lint()
         gm.recompile()
     inline = {b[0] for g in graphs for n in g.graph.nodes if n.op.startswith("call") and (b := node_block(n))}
-    return Outlined(len(sites), len(inline), frozenset(key for key, _ in codes.values()),
-                    frozenset(site.block.path for site in sites))
+    return Outlined(len(sites), len(inline), frozenset(key for key, _ in codes.values()))
 
 
 def _mutated(p: Node) -> bool:
