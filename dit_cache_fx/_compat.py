@@ -345,7 +345,8 @@ class DynamoFlags:
 
     @classmethod
     def _on_compile_start(cls, *args: Any) -> None:
-        flags = {k: v for calls in list(cls._in_flight.values()) for f, _ in calls for k, v in f.items()}
+        # Dynamo compiles a frame in the thread that runs it (one compile at a time): that thread's calls
+        flags = {k: v for f, _ in cls._in_flight.get(threading.get_ident(), ()) for k, v in f.items()}
         if flags:
             cls._hold(flags)
             cls._by_compile.append(flags)
@@ -378,6 +379,15 @@ class DynamoFlags:
                 if held[0] == 0:
                     setattr(config, k, held[1])
                     del cls._held[k]
+
+
+def dynamic_flags(dynamic: bool | None) -> dict[str, bool]:
+    """The Dynamo flags `torch.compile(dynamic=...)` sets (torch's `make_set_enable_dynamic`). Given to
+    `DynamoFlags`, they hold only while Dynamo compiles, instead of being patched around every call."""
+    if dynamic is None:
+        return {}
+    return {"assume_static_by_default": False} if dynamic else {"automatic_dynamic_shapes": False,
+                                                                 "assume_static_by_default": True}
 
 
 def _compiles_in_flight() -> bool:

@@ -93,7 +93,7 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
         warnings.warn("dit_cache_fx: regional=True runs the graph around the blocks uncompiled, so it uses no CUDA "
                       "graphs; the block code compiles without them (use the whole-graph mode for CUDA graphs)",
                       stacklevel=2)
-    torch_compile_kwargs.setdefault("dynamic", False)
+    dynamic = torch_compile_kwargs.pop("dynamic", False)  # as compile-time flags (`_forward`), not per call
     # each compiled wrapper keeps its own Dynamo entries: several cache settings of one model class (or the two
     # experts of Wan 2.2) neither count as each other's recompiles nor exhaust a shared recompile limit
     torch_compile_kwargs.setdefault("isolate_recompiles", True)
@@ -106,7 +106,7 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     if specs.enabled and process_group is None and group is not None and (why := _compat.context_parallel_unsupported()):
         raise UnsupportedTorchError(f"dit_cache_fx: {why}")
     handle = CacheHandle(specs, forward_signature(module), StateStore(specs.step_config.enable_separate_cfg, max_shapes),
-                         on_no_blocks, options, torch_compile_kwargs["dynamic"], group=group, regional=regional,
+                         on_no_blocks, options, dynamic, group=group, regional=regional,
                          block_modules=_block_modules(module),
                          list_sizes={name: n for name, (n, _) in block_lists(module).items()})
     if specs.enabled:
@@ -219,8 +219,10 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module, compi
     # while Dynamo traces: data-dependent ops (`nonzero`, `.item()`) stay in the graph instead of breaking it,
     # so the blocks around them stay in one graph (Mochi's attention); with dynamic shapes module float
     # attributes (norm eps) stay constants (as symbolic inputs they cannot enter a cond branch)
-    floats = {"specialize_float": True} if handle.dynamic is not False else {}
-    flags = [_compat.DynamoFlags(**_CAPTURES, **floats)]
+    # and torch.compile(dynamic=...)'s own flags, set only while Dynamo compiles (torch patches them every call)
+    base = {"specialize_float": True} if handle.dynamic is not False else {}
+    base.update(_compat.dynamic_flags(handle.dynamic))
+    flags = [_compat.DynamoFlags(**_CAPTURES, **base)]
 
     def run(call, args, kwargs):
         try:
@@ -234,9 +236,9 @@ def _forward(handle: CacheHandle, dynamo_forward, module: torch.nn.Module, compi
             # the captures let a data-dependent value reach Python control flow the model does not guard
             # (Qwen-Image 2.1's `.tolist()` of a mask-derived length): trace again as plain torch.compile does,
             # breaking the graph there — once per model, and only while no cache region ran in this call
-            if flags[0].flags.keys() == floats.keys() or not call.pending or not _compat.is_data_dependent_guard(e):
+            if flags[0].flags.keys() == base.keys() or not call.pending or not _compat.is_data_dependent_guard(e):
                 raise
-            flags[0] = _compat.DynamoFlags(**floats)
+            flags[0] = _compat.DynamoFlags(**base)
             log.info("dit_cache_fx: %s: tracing failed on a data-dependent guard with Dynamo's captures of "
                      "data-dependent ops on; traced again without them (graph breaks there instead)",
                      type(module).__name__)

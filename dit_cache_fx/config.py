@@ -20,6 +20,7 @@ config (`{"transformer_blocks": "F1B0_R0.08", "single_transformer_blocks": None}
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -448,8 +449,8 @@ class RunSpecs:
     def configs(self) -> list[CacheConfig | None]:
         return [self.default] + [c for _, c in self.per_list]
 
-    @property
-    def enabled(self) -> bool:
+    @functools.cached_property
+    def enabled(self) -> bool:  # read at every call
         return any(c is not None for c in self.configs)
 
     @property

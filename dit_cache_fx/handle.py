@@ -20,7 +20,7 @@ from .config import CFG_BRANCH_OF_NAME, RunSpecs
 from .errors import CachePlanError
 from .passes.pipeline import PipelineRecord, RegionRecord
 from .runtime import step
-from .runtime.store import StateStore
+from .runtime.store import StateStore, ThreadStates
 
 if TYPE_CHECKING:
     from torch.fx import Node
@@ -126,16 +126,18 @@ class CacheHandle:
         c.hint = CFG_BRANCH_OF_NAME.get(c.name, -1) if c.name is not None else -1
         return c
 
-    def classify(self, device: torch.device, in_graph: bool = False, eager: bool = False) -> None:
+    def classify(self, device: torch.device, in_graph: bool = False, eager: bool = False,
+                 mine: ThreadStates | None = None) -> None:
         """Advance the step context for the current call (once per call, by the first graph with a region):
         mark it pending for a graph that classifies it itself (`in_graph`), else classify it here (`eager`:
-        with plain torch ops, for a rare call that needs the step on the host before the graph runs)."""
+        with plain torch ops, for a rare call that needs the step on the host before the graph runs). `mine`:
+        the calling thread's states, when the caller already looked them up."""
         c = self.call
         c.ran = True
         if not c.pending:
             return
-        ctx = self.store.context(device)
-        self.store.set_hint(ctx, c.hint)
+        ctx = self.store.context(device, mine)
+        self.store.set_hint(ctx, c.hint, mine)
         if in_graph:
             ctx.pending.fill_(True)
             c.pending = False

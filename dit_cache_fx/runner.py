@@ -48,15 +48,16 @@ class GraphRunner:
             self._extra.clear()
             self._states.clear()
             self._epoch = store.epoch
-        keys = (store.mine().serial, *[ev(args)[0] for ev in self.shape_of])  # each thread its own state tensors
+        mine = store.mine()
+        keys = (mine.serial, *[ev(args)[0] for ev in self.shape_of])  # each thread its own state tensors
         extra = self._extra.get(keys)
         if extra is None:  # new sizes: the host checks them against the step, so it classifies this call
-            h.classify(self.device, eager=True)
+            h.classify(self.device, eager=True, mine=mine)
             extra = self._extra[keys] = self._tensors(args, keys)
         else:
-            h.classify(self.device, in_graph=self.classifies)
+            h.classify(self.device, in_graph=self.classifies, mine=mine)
         for name, dims, state in self._states[keys]:
-            store.note_call(name, dims, state)
+            store.note_call(name, dims, state, mine)
         taken = list(args) if self.kept is None else [args[i] for i in self.kept]
         taken += extra
         if not h.regional and not torch.is_grad_enabled():

@@ -43,8 +43,8 @@ def test_note_call_restarts_the_state_of_a_shape_not_seen_last():
     a, b = store.state("r", _dims(1, 8, 4), CPU), store.state("r", _dims(2, 8, 4), CPU)
     for s in (a, b):
         s.gen.fill_(5)
-    store.note_call("r", _dims(1, 8, 4), a)
-    store.note_call("r", _dims(2, 8, 4), b)  # a second shape: its counters count as never used
+    store.note_call("r", _dims(1, 8, 4), a, store.mine())
+    store.note_call("r", _dims(2, 8, 4), b, store.mine())  # a second shape: its counters count as never used
     assert (a.gen == 5).all() and (b.gen == -1).all()
 
 

@@ -94,16 +94,17 @@ class StateStore:
         view = self._view()
         return view.ctx if view is not None else None
 
-    def context(self, device: torch.device) -> StepContext:
-        mine = self.mine()
+    def context(self, device: torch.device, mine: ThreadStates | None = None) -> StepContext:
+        """The calling thread's step context (`mine`: its states, when the caller already looked them up)."""
+        mine = mine or self.mine()
         if mine.ctx is None or mine.ctx.call.device != device:
             mine.ctx, mine.hint = StepContext.allocate(device), -1
             mine.ctx.cfg_mode.fill_(self._mode_value())
         return mine.ctx
 
-    def set_hint(self, ctx: StepContext, hint: int) -> None:
+    def set_hint(self, ctx: StepContext, hint: int, mine: ThreadStates | None = None) -> None:
         """The CFG branch the pipeline named for the calling thread's next call (-1: none)."""
-        mine = self.mine()
+        mine = mine or self.mine()
         if mine.hint != hint:
             ctx.hint.fill_(hint)
             mine.hint = hint
@@ -149,14 +150,13 @@ class StateStore:
             self.epoch += 1
         return per_shape[key].state
 
-    def note_call(self, name: str, dims: RegionDims, state: RegionState) -> None:
+    def note_call(self, name: str, dims: RegionDims, state: RegionState, mine: ThreadStates) -> None:
         """Per call and region, before its graph runs: when the hidden stream's shape differs from the
         region's previous call, `state` (the state at the new shape) starts over — its counters count as
         never used, so this call computes and stores a fresh anchor. Inside a generation only the batch can
         change (`_check_new_shape`): a pipeline that stops or starts batching CFG part-way (Z-Image's
         `cfg_truncation`) keeps its step count and warmup, and never compares against an anchor of
         another batch or of an earlier part of the generation. A host-side compare, no device read."""
-        mine = self.mine()
         recent = mine.last_hidden.get(name, ())  # the last two distinct shapes: CFG branches may differ in text length
         if dims.hidden not in recent:
             if recent:
