@@ -39,7 +39,7 @@ _HANDLE_ATTR = "_dit_cache_fx"
 
 
 def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0", *, on_no_blocks: str = "raise",
-            max_shapes: int = 4, process_group: Any = None, regional: bool = False,
+            max_shapes: int = 4, process_group: Any = None, regional: bool = False, glue: str | None = None,
             **torch_compile_kwargs: Any) -> Any:
     """Compile `module` with DBCache step caching rewritten into the graph.
 
@@ -60,10 +60,12 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
             (a ProcessGroup or its name). Default: taken from the model's diffusers context-parallel config
             (`enable_parallelism` before `compile`); give it for models parallelised by other means.
         regional: compile each distinct block once and call it from every instance (in Fn, in the cond's
-            Mn branch, in Bn) instead of compiling the whole model as one graph, and run the graph around the
-            blocks (embeddings, the decision and cond, the tail) uncompiled, as diffusers' regional
-            compilation does: a first call as short as `compile_repeated_blocks`, a few ms of Python per
-            call, no fusion across block boundaries (`runtime/regional.py`).
+            Mn branch, in Bn) instead of compiling the whole model as one graph: a first call as short as
+            diffusers' `compile_repeated_blocks`, no fusion across block boundaries (`runtime/regional.py`).
+        glue: with `regional=True`, how the graph around the blocks (embeddings, the decision and cond, the
+            tail) runs: "python" (the default) as its FX code, uncompiled, as diffusers' regional compilation
+            leaves it (the shortest first call; a few ms of eager ops per call), or "inductor": compiled with
+            the blocks as calls of their code (a longer first call, a faster step; `bench/bench_host.py`).
         **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, `dynamic`, ...); `mode=` and
             `options=` become inductor config for our backend, as with the default backend.
 
@@ -81,17 +83,19 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     """
     if is_pipeline(module):
         return _compile_pipeline(module, cache, on_no_blocks=on_no_blocks, max_shapes=max_shapes,
-                                 process_group=process_group, regional=regional, **torch_compile_kwargs)
+                                 process_group=process_group, regional=regional, glue=glue, **torch_compile_kwargs)
+    glue = _glue_mode(glue, regional)
     if on_no_blocks not in ("raise", "compile"):
-        raise ValueError(f"on_no_blocks must be 'raise' or 'compile', got {on_no_blocks!r}")
+        raise DitCacheError(f"on_no_blocks must be 'raise' or 'compile', got {on_no_blocks!r}")
     if "backend" in torch_compile_kwargs:
-        raise ValueError("dit_cache_fx.compile chooses the backend itself; drop backend=")
+        raise DitCacheError("dit_cache_fx.compile chooses the backend itself; drop backend=")
     mode = torch_compile_kwargs.pop("mode", None)
     options = dict(_compat.inductor_mode_options(mode) if mode else {})
     options.update(torch_compile_kwargs.pop("options", None) or {})
     if regional and options.get("triton.cudagraphs"):
-        warnings.warn("dit_cache_fx: regional=True runs the graph around the blocks uncompiled, so it uses no CUDA "
-                      "graphs; the block code compiles without them (use the whole-graph mode for CUDA graphs)",
+        warnings.warn("dit_cache_fx: regional=True uses no CUDA graphs (a replay would skip the block calls' Python); "
+                      "the block code and the graph around the blocks compile without them (use the whole-graph "
+                      "mode for CUDA graphs)",
                       stacklevel=2)
     dynamic = torch_compile_kwargs.pop("dynamic", False)  # as compile-time flags (`_forward`), not per call
     # each compiled wrapper keeps its own Dynamo entries: several cache settings of one model class (or the two
@@ -106,7 +110,7 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     if specs.enabled and process_group is None and group is not None and (why := _compat.context_parallel_unsupported()):
         raise UnsupportedTorchError(f"dit_cache_fx: {why}")
     handle = CacheHandle(specs, forward_signature(module), StateStore(specs.step_config.enable_separate_cfg, max_shapes),
-                         on_no_blocks, options, dynamic, group=group, regional=regional,
+                         on_no_blocks, options, dynamic, group=group, regional=regional, glue=glue,
                          block_modules=_block_modules(module),
                          list_sizes={name: n for name, (n, _) in block_lists(module).items()})
     if specs.enabled:
@@ -127,6 +131,17 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
 # the pipeline form
 
 DENOISERS = ("transformer", "transformer_2")  # the components of a diffusers pipeline that `compile(pipe)` caches
+
+
+GLUE_MODES = ("python", "inductor")
+
+
+def _glue_mode(glue: str | None, regional: bool) -> str:
+    if glue is not None and not regional:
+        raise DitCacheError("glue= says how regional mode runs the graph around the blocks: pass regional=True too")
+    if glue is not None and glue not in GLUE_MODES:
+        raise DitCacheError(f"glue= must be one of {list(GLUE_MODES)}, got {glue!r}")
+    return glue or "python"
 
 
 def is_pipeline(obj: Any) -> bool:
@@ -553,7 +568,7 @@ def configure(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = Non
     if bad:
         raise TypeError(f"unknown CacheConfig fields {sorted(bad)}")
     if not handle.specs.enabled:
-        raise ValueError("this module was compiled with cache=None; compile it again with a cache")
+        raise DitCacheError("this module was compiled with cache=None; compile it again with a cache")
     new_specs = RunSpecs.of(cache) if cache is not None else handle.specs
     if cache is not None:  # also before the first call, when no region exists yet
         _check_structure(handle.specs, new_specs)
@@ -563,10 +578,10 @@ def configure(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = Non
         old = handle.store.configs.get(name) or _config_for(handle.specs, lists)
         new = _config_for(new_specs, lists).replace(**fields) if cache is not None else old.replace(**fields)
         if old is None or new is None:
-            raise ValueError(f"region {name}: caching cannot be switched on or off without compiling again")
+            raise DitCacheError(f"region {name}: caching cannot be switched on or off without compiling again")
         changed = structural_changes(old, new)
         if changed:
-            raise ValueError(f"changing {', '.join(changed)} changes the graph: call dit_cache_fx.compile again on the "
+            raise DitCacheError(f"changing {', '.join(changed)} changes the graph: call dit_cache_fx.compile again on the "
                              "original module (module._orig_mod)")
         updates[name] = new
     if cache is not None:
@@ -578,19 +593,19 @@ def configure(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = Non
     step_values = {c.enable_separate_cfg for c in updates.values()} or {
         handle.specs.step_config.enable_separate_cfg}
     if len(step_values) > 1:
-        raise ValueError("enable_separate_cfg is one setting for the whole model")
+        raise DitCacheError("enable_separate_cfg is one setting for the whole model")
     handle.store.set_cfg_mode(step_values.pop())
 
 
 def _check_structure(old: RunSpecs, new: RunSpecs) -> None:
     pairs = list(zip(old.configs, new.configs)) if len(old.configs) == len(new.configs) else None
     if pairs is None or [k for k, _ in old.per_list] != [k for k, _ in new.per_list]:
-        raise ValueError("the new spec assigns configs to other block lists than the compiled one: that changes the "
+        raise DitCacheError("the new spec assigns configs to other block lists than the compiled one: that changes the "
                          "graph; call dit_cache_fx.compile again on the original module (module._orig_mod)")
     for a, b in pairs:
         changed = [] if a is None or b is None else structural_changes(a, b)
         if changed or (a is None) != (b is None):
-            raise ValueError(f"changing {', '.join(changed) or 'which runs are cached'} changes the graph: call "
+            raise DitCacheError(f"changing {', '.join(changed) or 'which runs are cached'} changes the graph: call "
                              "dit_cache_fx.compile again on the original module (module._orig_mod)")
 
 
@@ -600,14 +615,14 @@ def _regions(handle: CacheHandle, region: str | None) -> dict[str, tuple[str, ..
         return known
     hit = {n: lists for n, lists in known.items() if region in (n, *lists, "+".join(lists))}
     if not hit:
-        raise ValueError(f"no cache region {region!r}; regions: {sorted(known)}")
+        raise DitCacheError(f"no cache region {region!r}; regions: {sorted(known)}")
     return hit
 
 
 def _config_for(specs: RunSpecs, lists: tuple[str, ...]) -> CacheConfig | None:
     parts = specs.assign(list(lists))
     if len(parts) != 1:
-        raise ValueError(f"the spec cuts {'+'.join(lists)} into several regions: that changes the graph")
+        raise DitCacheError(f"the spec cuts {'+'.join(lists)} into several regions: that changes the graph")
     return parts[0][1]
 
 

@@ -87,7 +87,15 @@ class CacheBackend:
         check_graph(gm)  # lint of the graph and its branches, no aliased cond operands
         regional.own(h, outlined.keys)
         kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
-        return kept, outlined.inline == 0
+        return kept, outlined.inline == 0 and h.glue != "inductor"
+
+    def _outer_options(self) -> dict:
+        """Inductor config of a compiled outer graph (see `_inductor` for the asserts). Regional mode's takes
+        no CUDA graphs: a replay would skip the block calls' Python (their code lookup, offloading)."""
+        options = {"size_asserts": False, **self.handle.inductor_options}
+        if self.handle.regional:
+            options.pop("triton.cudagraphs", None)
+        return options
 
     def _compile(self, gm: GraphModule, example_inputs: list, flattened: int) -> Callable:
         try:
@@ -111,7 +119,7 @@ class CacheBackend:
         with _compat.backend_fake_mode(example_inputs):  # the state inputs' examples, in inductor's fake mode
             fakes = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in
                      (value_of(n) for n in placeholders(gm)[len(example_inputs):])]
-        options = {"size_asserts": False, **self.handle.inductor_options}
+        options = self._outer_options()
         with torch.no_grad(), _compat.compile_caches_for(registry.IN_GRAPH, registry.source_version()):
             return _compat.compile_fx(gm, [*example_inputs, *fakes], options)
 
