@@ -1,6 +1,9 @@
 """Host time per call, with the compiled graphs stubbed out: what dit_cache_fx adds around a graph call.
 
-    python bench/bench_host.py                 # both modes, the tiny Flux-like model, threshold 0
+    python bench/bench_host.py                 # both modes, the peer bench's tiny model, threshold 0
+    python bench/bench_host.py --real          # the same calls with the graphs running (both modes, and
+                                               #   regional mode with glue="inductor")
+    python bench/bench_host.py --cached        # a cached step on the medium model against its bound
     python bench/bench_host.py --profile       # and a cProfile of the dit_cache_fx whole-graph calls
 
 Each route is compiled as usual (inductor) and run once; then the compiled callable behind each Dynamo
@@ -21,12 +24,13 @@ import time
 
 import torch
 from bench_compile import build
+from bench_peer import SIZES
 from torch._inductor.compile_fx import compile_fx
 
 import dit_cache_fx
 from dit_cache_fx.api import handle_of
 
-TINY = dict(hidden_heads=2, head_dim=16, double=1, single=2, side=4, txt=4)
+LISTS = ("transformer_blocks", "single_transformer_blocks")  # one region per list, as in the peer bench
 
 
 class Stub:
@@ -51,8 +55,8 @@ def plain(model: torch.nn.Module) -> tuple[torch.nn.Module, list[Stub]]:
     return torch.compile(model, backend=backend), stubs
 
 
-def ours(model: torch.nn.Module, **kwargs) -> tuple[torch.nn.Module, list[Stub]]:
-    return dit_cache_fx.compile(model, cache="F1B0_R0", **kwargs), []
+def ours(model: torch.nn.Module, spec: str = "F1B0_R0", **kwargs) -> tuple[torch.nn.Module, list[Stub]]:
+    return dit_cache_fx.compile(model, cache=dict.fromkeys(LISTS, spec), **kwargs), []
 
 
 def stub_ours(compiled: torch.nn.Module, stubs: list[Stub]) -> None:
@@ -70,17 +74,26 @@ def calls(model, inputs: dict, n: int) -> float:
         return (time.perf_counter() - t0) / n * 1e6
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--calls", type=int, default=200)
-    p.add_argument("--profile", action="store_true")
-    p.add_argument("--real", action="store_true", help="the compiled graphs run (no stubs): whole calls")
-    a = p.parse_args()
+def interleaved(routes: dict, inputs: dict, rounds: int, n: int, before=None) -> dict[str, float]:
+    """Median µs per call of each route over `rounds` interleaved rounds of `n` calls (`before(name, m)` runs
+    untimed ahead of each route's round)."""
+    times: dict[str, list] = {k: [] for k in routes}
+    for _ in range(rounds):
+        for name, m in routes.items():
+            if before is not None:
+                before(name, m)
+            times[name].append(calls(m, inputs, n))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def host(a) -> None:
+    """Item 1 / 3: per call, stubbed (host path) or real, on the peer bench's tiny model at threshold 0."""
     torch.set_num_threads(1)
-    model, inputs = build(TINY)
+    model, inputs = build(SIZES["tiny"])
     routes = {"torch.compile": plain(model), "dit_cache_fx": ours(model),
               "dit_cache_fx regional": ours(model, regional=True)}
+    if a.real:
+        routes["dit_cache_fx regional, glue=inductor"] = ours(model, regional=True, glue="inductor")
     for name, (m, stubs) in routes.items():
         calls(m, inputs, 4)  # compile
         if name.startswith("dit_cache_fx") and not a.real:
@@ -88,17 +101,13 @@ def main() -> None:
         for s in stubs:
             s.on = not a.real
         calls(m, inputs, 4)
-    times = {k: [] for k in routes}
-    for _ in range(a.rounds):
-        for name, (m, _) in routes.items():
-            dit_cache_fx.reset(m) if name.startswith("dit_cache_fx") else None
-            times[name].append(calls(m, inputs, a.calls))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["torch.compile"]
-    what = "whole calls" if a.real else "host µs per call, compiled graphs stubbed"
-    print(f"{what} (median of {a.rounds} interleaved rounds of {a.calls} calls):")
+    reset = lambda name, m: dit_cache_fx.reset(m) if name.startswith("dit_cache_fx") else None  # noqa: E731
+    med = interleaved({k: m for k, (m, _) in routes.items()}, inputs, a.rounds, a.calls, reset)
+    base, whole = med["torch.compile"], med["dit_cache_fx"]
+    what = "µs per call, the graphs running" if a.real else "host µs per call, compiled graphs stubbed"
+    print(f"{what} (tiny model, threshold 0; median of {a.rounds} interleaved rounds of {a.calls} calls):")
     for k, v in med.items():
-        print(f"  {k:24s} {v:7.1f} µs   {v - base:+7.1f} µs over torch.compile ({v / base:.2f}x)")
+        print(f"  {k:38s} {v:8.1f} µs  {v - base:+7.1f} µs over torch.compile  {v / whole:.2f}x the whole graph")
     if a.profile:
         m = routes["dit_cache_fx regional" if a.real else "dit_cache_fx"][0]
         prof = cProfile.Profile()
@@ -106,6 +115,47 @@ def main() -> None:
         calls(m, inputs, 2000)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def cached(a) -> None:
+    """Item 2: a cached call of the medium model against its bound, the same model holding only the blocks
+    a cached step computes (Fn of each list: one double and one single block) under torch.compile."""
+    torch.set_num_threads(2)
+    cfg = SIZES["medium"]
+    model, inputs = build(cfg)
+    kept, _ = build(dict(cfg, double=1, single=1))
+    always = ours(model, spec="F1B0_W1_R1000")[0]  # after the first (computed) step, every step cached
+    routes = {"torch.compile, all blocks": torch.compile(model), "torch.compile, kept blocks only (the bound)":
+              torch.compile(kept), "dit_cache_fx, cached steps": always}
+    for m in routes.values():
+        calls(m, inputs, 3)
+
+    def first_computed(name, m):  # each round's calls are the cached steps of one generation (timesteps 1 → 0)
+        if m is always:
+            dit_cache_fx.reset(m)
+            with torch.no_grad():
+                m(timestep=torch.tensor([2.0]), **inputs)
+
+    n = max(a.calls // 20, 5)
+    med = interleaved(routes, inputs, a.rounds, n, first_computed)
+    s = dit_cache_fx.summary(always)
+    assert len(s.cached_steps) == s.num_steps - 1, f"the cached route cached only steps {s.cached_steps}"
+    bound = med["torch.compile, kept blocks only (the bound)"]
+    print(f"ms per call (medium model, 2 threads; median of {a.rounds} interleaved rounds of {n} calls):")
+    for k, v in med.items():
+        print(f"  {k:44s} {v / 1e3:8.2f} ms")
+    print(f"  a cached step at {bound / med['dit_cache_fx, cached steps']:.1%} of the block bound")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--calls", type=int, default=200)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--real", action="store_true", help="the compiled graphs run (no stubs): whole calls")
+    p.add_argument("--cached", action="store_true", help="a cached step of the medium model against its bound")
+    a = p.parse_args()
+    cached(a) if a.cached else host(a)
 
 
 if __name__ == "__main__":

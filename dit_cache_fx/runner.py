@@ -34,8 +34,8 @@ class GraphRunner:
         self.classifies = False  # the graph classifies a pending call itself
         self.kept = kept  # the Dynamo inputs the compiled graph takes (regional mode drops the weights only blocks read)
         self.shape_of = [_dims_evaluator(r.dims, symbols) for r in self.regions]
-        self._extra: dict[tuple, list[torch.Tensor]] = {}
-        self._states: dict[tuple, list] = {}  # per key: (region name, dims, state) of each region
+        # per key: the added inputs, and (region name, dims, state) of each region
+        self._bound: dict[tuple, tuple[list[torch.Tensor], list]] = {}
         self._epoch = -1
 
     def __call__(self, *args):
@@ -45,18 +45,18 @@ class GraphRunner:
             return self._run(args, args if self.kept is None else [args[i] for i in self.kept])
         store = h.store
         if self._epoch != store.epoch:
-            self._extra.clear()
-            self._states.clear()
+            self._bound.clear()
             self._epoch = store.epoch
         mine = store.mine()
         keys = (mine.serial, *[ev(args)[0] for ev in self.shape_of])  # each thread its own state tensors
-        extra = self._extra.get(keys)
-        if extra is None:  # new sizes: the host checks them against the step, so it classifies this call
+        bound = self._bound.get(keys)
+        if bound is None:  # new sizes: the host checks them against the step, so it classifies this call
             h.classify(self.device, eager=True, mine=mine)
-            extra = self._extra[keys] = self._tensors(args, keys)
+            bound = self._bound[keys] = self._tensors(args)
         else:
             h.classify(self.device, in_graph=self.classifies, mine=mine)
-        for name, dims, state in self._states[keys]:
+        extra, states = bound
+        for name, dims, state in states:
             store.note_call(name, dims, state, mine)
         taken = list(args) if self.kept is None else [args[i] for i in self.kept]
         taken += extra
@@ -77,8 +77,9 @@ class GraphRunner:
         with torch.no_grad(), regional.graph_inputs(args, offload):
             return self.compiled(*taken)
 
-    def _tensors(self, args, keys) -> list[torch.Tensor]:
-        """The added inputs of this call's sizes, bound by the graph's signature (`PipelineRecord.inputs`)."""
+    def _tensors(self, args) -> tuple[list[torch.Tensor], list]:
+        """The added inputs of this call's sizes, bound by the graph's signature (`PipelineRecord.inputs`),
+        and each region's (name, dims, state)."""
         store = self.handle.store
         groups = {(StepContext.prefix, None): store.context(self.device)}
         states = []
@@ -88,8 +89,7 @@ class GraphRunner:
             state = store.state(r.plan.name, dims, self.device)
             groups[pol.prefix, r.rid], groups[state.prefix, r.rid] = pol, state
             states.append((r.plan.name, dims, state))
-        self._states[keys] = states
-        return [groups[s.group, s.rid].tensor(s.slot) for s in self.signature]
+        return [groups[s.group, s.rid].tensor(s.slot) for s in self.signature], states
 
 
 def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[tuple, RegionDims]]:
@@ -100,7 +100,7 @@ def _dims_evaluator(dims: RegionDims, symbols: dict) -> Callable[[tuple], tuple[
     if not free:
         concrete = dataclasses.replace(dims, hidden=tuple(map(int, dims.hidden)),  # a PruneDims stays one
                                        streams=tuple(tuple(map(int, s)) for s in dims.streams))
-        return lambda args: (concrete, concrete)
+        return lambda args: ((), concrete)  # static sizes: nothing to key
     missing = [s for s in free if s not in symbols]
     if missing:
         raise CachePlanError(f"cannot size the cache state: sizes {missing} are not graph inputs")
