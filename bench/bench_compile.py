@@ -37,6 +37,8 @@ KINDS = {
     "regional compile (diffusers)": lambda m: (m.compile_repeated_blocks(), m)[1],
     "dit_cache_fx": lambda m: dit_cache_fx.compile(m, cache="F1B0_W2_R1.0"),
     "dit_cache_fx regional": lambda m: dit_cache_fx.compile(m, cache="F1B0_W2_R1.0", regional=True),
+    "dit_cache_fx regional, outer=inductor": lambda m: dit_cache_fx.compile(m, cache="F1B0_W2_R1.0", regional=True,
+                                                                           outer="inductor"),
 }
 
 

@@ -2,7 +2,7 @@
 
     python bench/bench_host.py                 # both modes, the peer bench's tiny model, threshold 0
     python bench/bench_host.py --real          # the same calls with the graphs running (both modes, and
-                                               #   regional mode with glue="inductor")
+                                               #   regional mode with outer="inductor")
     python bench/bench_host.py --cached        # a cached step on the medium model against its bound
     python bench/bench_host.py --profile       # and a cProfile of the dit_cache_fx whole-graph calls
 
@@ -93,7 +93,7 @@ def host(a) -> None:
     routes = {"torch.compile": plain(model), "dit_cache_fx": ours(model),
               "dit_cache_fx regional": ours(model, regional=True)}
     if a.real:
-        routes["dit_cache_fx regional, glue=inductor"] = ours(model, regional=True, glue="inductor")
+        routes["dit_cache_fx regional, outer=inductor"] = ours(model, regional=True, outer="inductor")
     for name, (m, stubs) in routes.items():
         calls(m, inputs, 4)  # compile
         if name.startswith("dit_cache_fx") and not a.real:

@@ -39,7 +39,7 @@ _HANDLE_ATTR = "_dit_cache_fx"
 
 
 def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0", *, on_no_blocks: str = "raise",
-            max_shapes: int = 4, process_group: Any = None, regional: bool = False, glue: str | None = None,
+            max_shapes: int = 4, process_group: Any = None, regional: bool = False, outer: str | None = None,
             **torch_compile_kwargs: Any) -> Any:
     """Compile `module` with DBCache step caching rewritten into the graph.
 
@@ -62,7 +62,7 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
         regional: compile each distinct block once and call it from every instance (in Fn, in the cond's
             Mn branch, in Bn) instead of compiling the whole model as one graph: a first call as short as
             diffusers' `compile_repeated_blocks`, no fusion across block boundaries (`runtime/regional.py`).
-        glue: with `regional=True`, how the graph around the blocks (embeddings, the decision and cond, the
+        outer: with `regional=True`, how the graph around the blocks (embeddings, the decision and cond, the
             tail) runs: "python" (the default) as its FX code, uncompiled, as diffusers' regional compilation
             leaves it (the shortest first call; a few ms of eager ops per call), or "inductor": compiled with
             the blocks as calls of their code (a longer first call, a faster step; `bench/bench_host.py`).
@@ -83,8 +83,8 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     """
     if is_pipeline(module):
         return _compile_pipeline(module, cache, on_no_blocks=on_no_blocks, max_shapes=max_shapes,
-                                 process_group=process_group, regional=regional, glue=glue, **torch_compile_kwargs)
-    glue = _glue_mode(glue, regional)
+                                 process_group=process_group, regional=regional, outer=outer, **torch_compile_kwargs)
+    outer = _outer_mode(outer, regional)
     if on_no_blocks not in ("raise", "compile"):
         raise DitCacheError(f"on_no_blocks must be 'raise' or 'compile', got {on_no_blocks!r}")
     if "backend" in torch_compile_kwargs:
@@ -110,7 +110,7 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
     if specs.enabled and process_group is None and group is not None and (why := _compat.context_parallel_unsupported()):
         raise UnsupportedTorchError(f"dit_cache_fx: {why}")
     handle = CacheHandle(specs, forward_signature(module), StateStore(specs.step_config.enable_separate_cfg, max_shapes),
-                         on_no_blocks, options, dynamic, group=group, regional=regional, glue=glue,
+                         on_no_blocks, options, dynamic, group=group, regional=regional, outer=outer,
                          block_modules=_block_modules(module),
                          list_sizes={name: n for name, (n, _) in block_lists(module).items()})
     if specs.enabled:
@@ -133,15 +133,15 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
 DENOISERS = ("transformer", "transformer_2")  # the components of a diffusers pipeline that `compile(pipe)` caches
 
 
-GLUE_MODES = ("python", "inductor")
+OUTER_MODES = ("python", "inductor")
 
 
-def _glue_mode(glue: str | None, regional: bool) -> str:
-    if glue is not None and not regional:
-        raise DitCacheError("glue= says how regional mode runs the graph around the blocks: pass regional=True too")
-    if glue is not None and glue not in GLUE_MODES:
-        raise DitCacheError(f"glue= must be one of {list(GLUE_MODES)}, got {glue!r}")
-    return glue or "python"
+def _outer_mode(outer: str | None, regional: bool) -> str:
+    if outer is not None and not regional:
+        raise DitCacheError("outer= says how regional mode runs the graph around the blocks: pass regional=True too")
+    if outer is not None and outer not in OUTER_MODES:
+        raise DitCacheError(f"outer= must be one of {list(OUTER_MODES)}, got {outer!r}")
+    return outer or "python"
 
 
 def is_pipeline(obj: Any) -> bool:

@@ -87,7 +87,7 @@ class CacheBackend:
         check_graph(gm)  # lint of the graph and its branches, no aliased cond operands
         regional.own(h, outlined.keys)
         kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
-        return kept, outlined.inline == 0 and h.glue != "inductor"
+        return kept, outlined.inline == 0 and h.outer != "inductor"
 
     def _outer_options(self) -> dict:
         """Inductor config of a compiled outer graph (see `_inductor` for the asserts). Regional mode's takes

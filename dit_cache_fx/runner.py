@@ -74,8 +74,15 @@ class GraphRunner:
             if self._outside[0] is not offload:
                 self._outside = offload, offload.read_by(taken)
             offload.onload(self._outside[1])
-        with torch.no_grad(), regional.graph_inputs(args, offload):
-            return self.compiled(*taken)
+        stack = regional.frames()
+        stack.append(regional.Frame(args, offload))
+        try:
+            if not torch.is_grad_enabled():
+                return self.compiled(*taken)
+            with torch.no_grad():
+                return self.compiled(*taken)
+        finally:
+            stack.pop()
 
     def _tensors(self, args) -> tuple[list[torch.Tensor], list]:
         """The added inputs of this call's sizes, bound by the graph's signature (`PipelineRecord.inputs`),

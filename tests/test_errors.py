@@ -100,8 +100,8 @@ def test_timestep_found_or_named_in_the_error():
     (dict(on_no_blocks="ignore"), "on_no_blocks"),
     (dict(cache="F8Q"), "cannot parse 'Q'"),
     (dict(cache=8), "spec string"),
-    (dict(glue="inductor"), "pass regional=True too"),
-    (dict(regional=True, glue="cuda"), "glue= must be one of"),
+    (dict(outer="inductor"), "pass regional=True too"),
+    (dict(regional=True, outer="cuda"), "outer= must be one of"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises((dit_cache_fx.DitCacheError, TypeError), match=message):

@@ -27,12 +27,12 @@ def _block_calls(compiled) -> collections.Counter:
     return calls
 
 
-@pytest.mark.parametrize("name, distinct, glue", [
+@pytest.mark.parametrize("name, distinct, outer", [
     ("flux", 2, "python"),  # double blocks, single blocks (the last single block, whose encoder output is dead, reuses them)
     ("wan", 1, "python"),
     ("flux", 2, "inductor"),  # the graph around the blocks compiled, the blocks called from its code
 ])
-def test_regional_matches_whole_graph_and_oracle(name, distinct, glue):
+def test_regional_matches_whole_graph_and_oracle(name, distinct, outer):
     torch._dynamo.reset()
     m = MODELS[name]
     model = m.build()
@@ -42,7 +42,7 @@ def test_regional_matches_whole_graph_and_oracle(name, distinct, glue):
     refs, ora = oracle_run(model, m, spec, steps=STEPS, cfg=cfg)
 
     compiled = dit_cache_fx.compile(model, cache=spec.replace(residual_diff_threshold=0.0), regional=True,
-                                    glue=glue, fullgraph=True)
+                                    outer=outer, fullgraph=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max_rel_err(run_loop(compiled, m, steps=STEPS, cfg=cfg), eager) <= 1e-5
         dit_cache_fx.configure(compiled, residual_diff_threshold=1.0)
@@ -53,8 +53,8 @@ def test_regional_matches_whole_graph_and_oracle(name, distinct, glue):
     calls = _block_calls(compiled)
     n_blocks = sum(len(model.get_submodule(lst)) for lst in m.blocks)
     assert sum(calls.values()) == n_blocks and len(calls) == distinct  # every block outlined, few compilations
-    assert [g.outer for g in handle(compiled).graphs] == [glue]
-    around = {"python": "runs as FX code", "inductor": "compiled by inductor"}[glue]
+    assert [g.outer for g in handle(compiled).graphs] == [outer]
+    around = {"python": "runs as FX code", "inductor": "compiled by inductor"}[outer]
     assert (f"compiled: regional: {distinct} block codes for {n_blocks} blocks; the graph around them {around}"
             in str(dit_cache_fx.explain(compiled)))
     from torch._dynamo.utils import counters

@@ -14,7 +14,7 @@ Nothing fuses across a block boundary (the cost regional compilation always has)
 in the graph.
 
 `slots` says where each input of the code comes from: `-1` the next tensor of `inputs`, `i >= 0` the
-outer graph's input `i` of the current call (`graph_inputs`). The blocks' weights are graph inputs that
+outer graph's input `i` of the current call (`frames`). The blocks' weights are graph inputs that
 Dynamo passes on every call; fetched by slot, they are not edges of the outer graph, so they are neither
 cond operands nor arguments AOTAutograd and inductor trace through, and a model's hundreds of weights
 cost the outer graph's compilation nothing. `path` names the block instance ("transformer_blocks.3"): with
@@ -29,11 +29,10 @@ a code leaves the table when its last owner dies.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -127,24 +126,22 @@ def codes() -> list[tuple[int, BlockCode]]:
         return list(BLOCKS.items())
 
 
-class _Frame(NamedTuple):
+class Frame(NamedTuple):
     args: tuple  # the outer graph's inputs
     offload: Any  # the model's `offload.GroupOffload`, or None
 
 
-@contextlib.contextmanager
-def graph_inputs(args: tuple, offload: Any = None) -> Iterator[None]:
-    """While a compiled outer graph runs: its inputs, which its block calls read by slot, and the model's
-    group offloading (run around each block call)."""
-    stack = _FRAMES.__dict__.setdefault("stack", [])
-    stack.append(_Frame(args, offload))
-    try:
-        yield
-    finally:
-        stack.pop()
+def frames() -> list[Frame]:
+    """The calling thread's stack of outer-graph calls in flight: a compiled outer graph runs between
+    `frames().append(Frame(args, offload))` and its `pop()` — its inputs, which its block calls read by
+    slot, and the model's group offloading, run around each block call."""
+    stack = getattr(_FRAMES, "stack", None)
+    if stack is None:
+        stack = _FRAMES.stack = []
+    return stack
 
 
-def _frame() -> _Frame:
+def _frame() -> Frame:
     stack = getattr(_FRAMES, "stack", None)
     if not stack:
         raise DitCacheError("dit_cache_fx::block reads graph inputs by slot: call it from a compiled model")
