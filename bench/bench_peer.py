@@ -7,7 +7,7 @@ Every route is built once (its own copy of one random-weight model, compiled by 
 then timed in interleaved rounds (each round runs one generation of every route), medians per route:
 
     eager, torch.compile                                     no cache (the baselines)
-    dit_cache_fx, dit_cache_fx regional                      `dit_cache_fx.compile(m, cache=SPEC[, regional=True])`
+    dit_cache_fx, + regional [, outer=inductor]               `dit_cache_fx.compile(m, cache=SPEC[, regional=True[, outer="inductor"]])`
     cache-dit, + regional compile, + torch.compile           `cache_dit.enable_cache(...)`, then nothing /
                                                              `m.compile_repeated_blocks()` / `torch.compile(m)`
 
@@ -80,8 +80,9 @@ def pruned_ratio(per_list: list[list[int]], n_blocks: int) -> float:
     return sum(map(sum, per_list)) / (len(per_list[0]) * n_blocks)
 
 
-def ours(base: torch.nn.Module, technique: str, regional: bool) -> Route:
-    m = dit_cache_fx.compile(copy.deepcopy(base), cache=dict.fromkeys(LISTS, SPECS[technique]), regional=regional)
+def ours(base: torch.nn.Module, technique: str, regional: bool, outer: str | None = None) -> Route:
+    m = dit_cache_fx.compile(copy.deepcopy(base), cache=dict.fromkeys(LISTS, SPECS[technique]), regional=regional,
+                             outer=outer)
     n_blocks = sum(len(getattr(base, name)) for name in LISTS)
 
     def stats() -> str:
@@ -90,7 +91,8 @@ def ours(base: torch.nn.Module, technique: str, regional: bool) -> Route:
             return f"{pruned_ratio([r.pruned_blocks for r in s.regions.values()], n_blocks):.0%} pruned"
         return f"{len(s.cached_steps)} cached"
 
-    return Route("dit_cache_fx" + (" regional" if regional else ""), technique, m, stats)
+    name = "dit_cache_fx" + (" regional" if regional else "") + (f", outer={outer}" if outer else "")
+    return Route(name, technique, m, stats)
 
 
 def cache_dit_route(base: torch.nn.Module, technique: str, how: str) -> Route:
@@ -128,7 +130,7 @@ def cache_dit_route(base: torch.nn.Module, technique: str, how: str) -> Route:
 def routes(base: torch.nn.Module, with_cache_dit: bool) -> list[Route]:
     out = [Route("eager", "", base), Route("torch.compile", "", torch.compile(copy.deepcopy(base)))]
     for technique in SPECS:
-        out += [ours(base, technique, False), ours(base, technique, True)]
+        out += [ours(base, technique, False), ours(base, technique, True), ours(base, technique, True, "inductor")]
         if with_cache_dit:
             out += [cache_dit_route(base, technique, how) for how in ("eager", "regional", "compile")]
     return out

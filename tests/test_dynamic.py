@@ -76,6 +76,14 @@ def test_static_shapes_say_when_a_new_shape_compiles_again():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _toy_generation(compiled, 3)  # said once
+    # static means static: Dynamo's automatic dynamic shapes stayed off while it compiled, so the third batch
+    # size got its own static graph instead of a dynamic one made at the second
+    assert [next(iter(g.example_shapes.values()))[0] for g in handle(compiled).graphs] == [1, 2, 3]
+    # and torch.compile's own per-call patch of those flags is not there (they are held only while compiling):
+    # our wrapper runs the hooks a plain torch.compile(module) runs per call, no more
+    plain = torch.compile(torch.nn.Linear(2, 2)).dynamo_ctx.enter_exit_hooks
+    assert len(compiled.dynamo_ctx.enter_exit_hooks) == len(plain)
+    assert len(torch.compile(torch.nn.Linear(2, 2), dynamic=False).dynamo_ctx.enter_exit_hooks) == len(plain) + 1
 
 
 def test_falling_back_to_eager_is_not_silent():
