@@ -345,8 +345,12 @@ class DynamoFlags:
 
     @classmethod
     def _on_compile_start(cls, *args: Any) -> None:
-        # Dynamo compiles a frame in the thread that runs it (one compile at a time): that thread's calls
-        flags = {k: v for f, _ in cls._in_flight.get(threading.get_ident(), ()) for k, v in f.items()}
+        # every call in flight (Dynamo announces only the outermost of overlapping compiles, so this one may
+        # also be another thread's trace); where two disagree (`dynamic=` of two models), the compiling
+        # thread's own calls win
+        me = threading.get_ident()
+        calls = [c for tid, c in list(cls._in_flight.items()) if tid != me] + [cls._in_flight.get(me, [])]
+        flags = {k: v for c in calls for f, _ in c for k, v in f.items()}
         if flags:
             cls._hold(flags)
             cls._by_compile.append(flags)
