@@ -4,7 +4,7 @@
     python bench/bench_host.py --real          # the same calls with the graphs running (both modes, and
                                                #   regional mode with outer="inductor")
     python bench/bench_host.py --cached        # a cached step on the medium model against its bound
-    python bench/bench_host.py --profile       # and a cProfile of the dit_cache_fx whole-graph calls
+    python bench/bench_host.py --profile       # and a cProfile of our calls (whole graph; with --real, regional)
 
 Each route is compiled as usual (inductor) and run once; then the compiled callable behind each Dynamo
 graph is replaced by one that returns that first call's outputs. What a call still costs is host work
@@ -25,9 +25,9 @@ import time
 import torch
 from bench_compile import build
 from bench_peer import SIZES
-from torch._inductor.compile_fx import compile_fx
 
 import dit_cache_fx
+from dit_cache_fx._compat import compile_fx
 from dit_cache_fx.api import handle_of
 
 LISTS = ("transformer_blocks", "single_transformer_blocks")  # one region per list, as in the peer bench

@@ -79,20 +79,19 @@ class CacheBackend:
 
     def _outline(self, gm: GraphModule, inputs: list[Node]) -> tuple[list[int], bool]:
         """Regional mode: each distinct block compiled once, called from the outer graph (passes/outline.py).
-        Returns the Dynamo inputs the outer graph still takes, and whether it runs as Python (no block in it:
-        a hook's graph)."""
+        Returns the Dynamo inputs the outer graph still takes, and whether it runs as its FX code (every block
+        outlined, and `outer="python"`)."""
         h = self.handle
-        block_options = {k: v for k, v in h.inductor_options.items() if k != "triton.cudagraphs"}
-        outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)}, block_options)
+        outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)}, self._options())
         check_graph(gm)  # lint of the graph and its branches, no aliased cond operands
         regional.own(h, outlined.keys)
         kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
         return kept, outlined.inline == 0 and h.outer != "inductor"
 
-    def _outer_options(self) -> dict:
-        """Inductor config of a compiled outer graph (see `_inductor` for the asserts). Regional mode's takes
-        no CUDA graphs: a replay would skip the block calls' Python (their code lookup, offloading)."""
-        options = {"size_asserts": False, **self.handle.inductor_options}
+    def _options(self) -> dict:
+        """The user's inductor config (`mode=`, `options=`). Regional mode's code, the blocks' and the outer
+        graph's, takes no CUDA graphs: a replay would skip the block calls' Python (code lookup, offloading)."""
+        options = dict(self.handle.inductor_options)
         if self.handle.regional:
             options.pop("triton.cudagraphs", None)
         return options
@@ -119,7 +118,7 @@ class CacheBackend:
         with _compat.backend_fake_mode(example_inputs):  # the state inputs' examples, in inductor's fake mode
             fakes = [torch.empty(v.shape, dtype=v.dtype, device=v.device) for v in
                      (value_of(n) for n in placeholders(gm)[len(example_inputs):])]
-        options = self._outer_options()
+        options = {"size_asserts": False, **self._options()}
         with torch.no_grad(), _compat.compile_caches_for(registry.IN_GRAPH, registry.source_version()):
             return _compat.compile_fx(gm, [*example_inputs, *fakes], options)
 
