@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import compile, configure, release, reset
+    from .api import compile, configure, release, reset, wait_compiled
     from .config import CacheConfig, DBPruneConfig, RunSpecs
     from .errors import (
         CachePlanError,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .summary import BranchStats, CacheSummary, RegionSummary, summary
 
 _EXPORTS = {
-    "compile": "api", "configure": "api", "release": "api", "reset": "api",
+    "compile": "api", "configure": "api", "release": "api", "reset": "api", "wait_compiled": "api",
     "CacheConfig": "config", "DBPruneConfig": "config", "RunSpecs": "config",
     "CachePlanError": "errors", "DitCacheError": "errors", "InferenceOnlyError": "errors", "NoBlockRunError": "errors",
     "OffloadError": "errors", "ShapeChangedError": "errors", "UnsupportedWeightsError": "errors",
@@ -40,7 +40,7 @@ __all__ = [
     "BranchStats", "CacheConfig", "CachePlanError", "CacheSummary", "DBPruneConfig", "DitCacheError", "ExplainReport",
     "InferenceOnlyError", "NoBlockRunError", "OffloadError", "RegionSummary", "RunSpecs", "ShapeChangedError", "UnsupportedTorchError", "UnsupportedWeightsError",
     "compile",
-    "configure", "explain", "release", "reset", "summary",
+    "configure", "explain", "release", "reset", "summary", "wait_compiled",
 ]
 __version__ = "0.2.0"
 

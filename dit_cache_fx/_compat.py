@@ -518,3 +518,92 @@ def hook_owning_wrapper() -> type:
 
     HookOwningOptimizedModule.__name__ = HookOwningOptimizedModule.__qualname__ = "OptimizedModule"
     return HookOwningOptimizedModule
+
+
+# ---- a graph compiled by inductor in another process (`background.py`) ----------------------------------
+
+
+def pickle_graph(gm: torch.fx.GraphModule, values: list) -> bytes:
+    """`gm` and its inputs' fake values as bytes another process can compile (`unpickle_graph`).
+
+    torch's `GraphPickler` (inductor's own out-of-process compile format), with every op allowed, node metadata
+    dropped (the other process propagates fresh values), and the package's in-graph functions pickled by name."""
+    from torch.fx import _graph_pickler as gp
+
+    clean = torch.fx.GraphModule(dict(gm.named_children()), gm.graph)  # no Dynamo attributes (weak dicts)
+    original = gp._OpPickleData.__dict__["pickle"]
+
+    def by_name(cls, op, options):
+        module = getattr(op, "__module__", None) or ""
+        if callable(op) and module.split(".")[0] == __name__.split(".")[0]:
+            return _FunctionByName(module, op.__qualname__)
+        return original.__func__(cls, op, options)
+
+    with _PICKLE_LOCK:
+        gp._OpPickleData.pickle = classmethod(by_name)
+        try:
+            return gp.GraphPickler.dumps((clean, list(values)),
+                                         gp.Options(ops_filter=None, node_metadata_key_filter=lambda k: False))
+        finally:
+            gp._OpPickleData.pickle = original
+
+
+_PICKLE_LOCK = threading.Lock()
+
+
+class _FunctionByName:
+    """A graph target pickled as its module and name (what `GraphPickler` asks of an op's pickled form)."""
+
+    def __init__(self, module: str, qualname: str) -> None:
+        self.module, self.qualname = module, qualname
+
+    def unpickle(self, unpickle_state: object) -> object:
+        import importlib
+
+        obj = importlib.import_module(self.module)
+        for part in self.qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+def unpickle_graph(data: bytes) -> tuple[torch.fx.GraphModule, list, Any]:
+    """`pickle_graph`'s graph, its inputs' values (fake, in a new fake mode) and that mode; every node's value
+    propagated again (`example_value`, which inductor's caches read)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx import _graph_pickler as gp
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    gm, values = gp.GraphPickler.loads(data, mode)
+    modules = [m for m in gm.modules() if isinstance(m, torch.fx.GraphModule)]
+    for m in modules:
+        m.recompile()
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*values)
+    for m in modules:
+        for n in m.graph.nodes:
+            if "val" in n.meta:
+                n.meta["example_value"] = n.meta["val"]
+    return gm, values, mode
+
+
+def compile_artifact(gm: torch.fx.GraphModule, values: list, mode: Any, options: dict, path: str) -> None:
+    """Compile `gm` with inductor for its inputs' exact shapes and save the result at `path` (`load_artifact`)."""
+    from torch._inductor import standalone_compile
+
+    with torch.no_grad():
+        artifact = standalone_compile(gm, values, dynamic_shapes="from_example_inputs", fake_mode=mode,
+                                      options={"config_patches": dict(options)})
+    artifact.save(path=path, format="binary")
+
+
+def load_artifact(path: str) -> Callable:
+    from torch._inductor import CompiledArtifact
+
+    return CompiledArtifact.load(path=path, format="binary")
+
+
+def inductor_cache_dir() -> str:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return cache_dir()

@@ -63,9 +63,11 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
             Mn branch, in Bn) instead of compiling the whole model as one graph: a first call as short as
             diffusers' `compile_repeated_blocks`, no fusion across block boundaries (`runtime/regional.py`).
         outer: with `regional=True`, how the graph around the blocks (embeddings, the decision and cond, the
-            tail) runs: "python" (the default) as its FX code, uncompiled, as diffusers' regional compilation
-            leaves it (the shortest first call; a few ms of eager ops per call), or "inductor": compiled with
-            the blocks as calls of their code (a longer first call, a faster step; `bench/bench_host.py`).
+            tail) runs: "auto" (the default) as its FX code, uncompiled, until inductor has compiled it in a
+            child process, then as that code (the first call of "python", the later calls of "inductor";
+            `background.py`, `wait_compiled`); "python" always as its FX code, as diffusers' regional
+            compilation leaves it (a few ms of eager ops per call); "inductor" compiled in this process before
+            the first call runs, the blocks as calls of their code (a longer first call; `bench/bench_host.py`).
         **torch_compile_kwargs: passed to `torch.compile` (`fullgraph`, `dynamic`, ...); `mode=` and
             `options=` become inductor config for our backend, as with the default backend.
 
@@ -133,7 +135,7 @@ def compile(module: torch.nn.Module | DiffusionPipeline, cache: CacheArg = "F8B0
 DENOISERS = ("transformer", "transformer_2")  # the components of a diffusers pipeline that `compile(pipe)` caches
 
 
-OUTER_MODES = ("python", "inductor")
+OUTER_MODES = ("auto", "python", "inductor")
 
 
 def _outer_mode(outer: str | None, regional: bool) -> str:
@@ -141,7 +143,7 @@ def _outer_mode(outer: str | None, regional: bool) -> str:
         raise DitCacheError("outer= says how regional mode runs the graph around the blocks: pass regional=True too")
     if outer is not None and outer not in OUTER_MODES:
         raise DitCacheError(f"outer= must be one of {list(OUTER_MODES)}, got {outer!r}")
-    return outer or "python"
+    return outer or "auto"
 
 
 def is_pipeline(obj: Any) -> bool:
@@ -529,6 +531,20 @@ def handle_of(module: torch.nn.Module) -> CacheHandle:
     if handle is None:
         raise TypeError(f"{type(module).__name__} was not compiled by dit_cache_fx.compile")
     return handle
+
+
+def wait_compiled(module: torch.nn.Module | DiffusionPipeline, timeout: float | None = None) -> bool:
+    """Regional mode with `outer="auto"`: wait (at most `timeout` seconds) until the graphs around the blocks
+    that are compiling in the background run as inductor's code, starting any compile that has not begun.
+    True when every graph of the module runs compiled (False: one still runs as FX code, see `explain`)."""
+    ok = True
+    for m in compiled_modules(module).values():
+        for g in handle_of(m).graphs:
+            bg = g.runner.background if g.runner is not None else None
+            if bg is not None:
+                bg.wait(timeout)
+            ok = ok and g.outer == "inductor"
+    return ok
 
 
 def reset(module: torch.nn.Module | DiffusionPipeline) -> None:

@@ -59,6 +59,8 @@ class CacheBackend:
         device = value_of(record.regions[0].plan.fn_out).device if record.regions else None
         info.runner = GraphRunner(h, compiled, record, input_symbols(inputs), device, kept)
         info.runner.classifies = record.classifies
+        if as_python and h.outer == "auto":
+            self._background(gm, info)
         return info.runner
 
     def _passes(self, gm: GraphModule, inputs: list[Node]) -> tuple[PipelineRecord, dict[str, tuple]]:
@@ -80,13 +82,29 @@ class CacheBackend:
     def _outline(self, gm: GraphModule, inputs: list[Node]) -> tuple[list[int], bool]:
         """Regional mode: each distinct block compiled once, called from the outer graph (passes/outline.py).
         Returns the Dynamo inputs the outer graph still takes, and whether it runs as its FX code (every block
-        outlined, and `outer="python"`)."""
+        outlined, and `outer=` is not "inductor")."""
         h = self.handle
         outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)}, self._options())
         check_graph(gm)  # lint of the graph and its branches, no aliased cond operands
         regional.own(h, outlined.keys)
         kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
         return kept, outlined.inline == 0 and h.outer != "inductor"
+
+    def _background(self, gm: GraphModule, info: GraphInfo) -> None:
+        """`outer="auto"`: the graph runs as its FX code until a child process has compiled it (background.py)."""
+        from .background import OuterCompile, not_eligible
+
+        values = [value_of(p) for p in placeholders(gm)]
+        why = not_eligible(values, self.handle.group)
+        if why is not None:
+            log.info("dit_cache_fx: the graph around the blocks runs as FX code: %s", why)
+            return
+        runner = info.runner
+
+        def swap(compiled: Callable) -> None:
+            runner.compiled, runner.background, info.outer = compiled, None, "inductor"
+
+        runner.background = OuterCompile(gm, values, {"size_asserts": False, **self._options()}, swap)
 
     def _options(self) -> dict:
         """The user's inductor config (`mode=`, `options=`). Regional mode's code, the blocks' and the outer

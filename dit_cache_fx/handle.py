@@ -88,7 +88,7 @@ class CacheHandle:
     dynamic: bool | None = False
     group: str | None = None  # process group summing the diff (context parallel)
     regional: bool = False  # each distinct block compiled once (passes/outline.py)
-    outer: str = "python"  # regional mode's outer graph: run as its FX code, or compiled by "inductor" (`api.compile`)
+    outer: str = "auto"  # regional mode's outer graph: "python" (its FX code), "inductor", or "auto" (`api.compile`)
     block_modules: dict[str, set[str]] = field(default_factory=dict)  # block list -> names of modules in a block
     list_sizes: dict[str, int] = field(default_factory=dict)  # block list -> its number of blocks
     graphs: list[GraphInfo] = field(default_factory=list)

@@ -37,9 +37,12 @@ class GraphRunner:
         # per key: the added inputs, and (region name, dims, state) of each region
         self._bound: dict[tuple, tuple[list[torch.Tensor], list]] = {}
         self._epoch = -1
+        self.background = None  # background.OuterCompile: the graph's compiled code, on its way (outer="auto")
 
     def __call__(self, *args):
         h = self.handle
+        if self.background is not None:
+            self.background.step()
         if not self.regions:  # a graph without a cache region leaves the step to the first one with a region
             h.call.ran = True
             return self._run(args, args if self.kept is None else [args[i] for i in self.kept])

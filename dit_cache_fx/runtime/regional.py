@@ -163,8 +163,25 @@ def block(inputs: list[Tensor], key: int, slots: list[int], path: str) -> list[T
         return BLOCKS[key](_gather(frame.args, inputs, slots))
 
 
+def output_specs(keys: Iterable[int]) -> dict[int, tuple]:
+    """Each block code's outputs (shape, dtype, device): what a process compiling a graph that calls them needs
+    (`background.py`; `adopt_output_specs` there)."""
+    with _LOCK:
+        return {k: BLOCKS[k].outputs for k in keys}
+
+
+_ADOPTED: dict[int, tuple] = {}  # key -> outputs, of block codes another process holds
+
+
+def adopt_output_specs(specs: dict[int, tuple]) -> None:
+    """Let graphs that call these block codes (held by another process) trace here: their fake outputs."""
+    _ADOPTED.update(specs)
+
+
 def _block_fake(inputs: list[Tensor], key: int, slots: list[int], path: str) -> list[Tensor]:
-    return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in BLOCKS[key].outputs]
+    code = BLOCKS.get(key)
+    outputs = code.outputs if code is not None else _ADOPTED[key]
+    return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in outputs]
 
 
 # A plain operator (not `torch.library.custom_op`, whose Python autograd and dispatch layers cost ~40 µs
