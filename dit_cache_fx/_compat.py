@@ -7,7 +7,7 @@ import functools
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -524,13 +524,17 @@ def hook_owning_wrapper() -> type:
 
 
 def pickle_graph(gm: torch.fx.GraphModule, values: list) -> bytes:
-    """`gm` and its inputs' fake values as bytes another process can compile (`unpickle_graph`).
+    """`gm` and its inputs (static-shaped tensors, described by their metadata) as bytes another process can
+    compile (`unpickle_graph`).
 
     torch's `GraphPickler` (inductor's own out-of-process compile format), with every op allowed, node metadata
     dropped (the other process propagates fresh values), and the package's in-graph functions pickled by name."""
     from torch.fx import _graph_pickler as gp
 
-    clean = torch.fx.GraphModule(dict(gm.named_children()), gm.graph)  # no Dynamo attributes (weak dicts)
+    attrs = {n.target: _attr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    clean = torch.fx.GraphModule(attrs, gm.graph)  # without Dynamo's attributes on the module (weak dicts)
+    described = [_TensorSpec(tuple(v.shape), v.stride(), v.dtype, str(v.device), v.requires_grad)
+                 if isinstance(v, torch.Tensor) else v for v in values]
     original = gp._OpPickleData.__dict__["pickle"]
 
     def by_name(cls, op, options):
@@ -542,13 +546,34 @@ def pickle_graph(gm: torch.fx.GraphModule, values: list) -> bytes:
     with _PICKLE_LOCK:
         gp._OpPickleData.pickle = classmethod(by_name)
         try:
-            return gp.GraphPickler.dumps((clean, list(values)),
+            return gp.GraphPickler.dumps((clean, described),
                                          gp.Options(ops_filter=None, node_metadata_key_filter=lambda k: False))
         finally:
             gp._OpPickleData.pickle = original
 
 
 _PICKLE_LOCK = threading.Lock()
+
+
+class _TensorSpec(NamedTuple):
+    shape: tuple
+    stride: tuple
+    dtype: torch.dtype
+    device: str
+    requires_grad: bool
+
+
+def _attr(gm: torch.nn.Module, target: str) -> Any:
+    for part in target.split("."):
+        gm = getattr(gm, part)
+    return gm
+
+
+def is_tensor_subclass(value: Any) -> bool:
+    """Whether `value` is a wrapper tensor subclass (torchao's quantized weights), fake or real."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    return is_traceable_wrapper_subclass(value)
 
 
 class _FunctionByName:
@@ -575,7 +600,11 @@ def unpickle_graph(data: bytes) -> tuple[torch.fx.GraphModule, list, Any]:
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
     mode = FakeTensorMode(shape_env=ShapeEnv())
-    gm, values = gp.GraphPickler.loads(data, mode)
+    gm, described = gp.GraphPickler.loads(data, mode)
+    with mode:
+        values = [torch.empty_strided(v.shape, v.stride, dtype=v.dtype, device=v.device,
+                                      requires_grad=v.requires_grad) if isinstance(v, _TensorSpec) else v
+                  for v in described]
     modules = [m for m in gm.modules() if isinstance(m, torch.fx.GraphModule)]
     for m in modules:
         m.recompile()

@@ -101,8 +101,10 @@ class CacheBackend:
             return
         runner = info.runner
 
-        def swap(compiled: Callable) -> None:
-            runner.compiled, runner.background, info.outer = compiled, None, "inductor"
+        def swap(compiled: Callable | None) -> None:  # None: the child failed, the graph stays FX code
+            runner.background = None
+            if compiled is not None:
+                runner.compiled, info.outer = compiled, "inductor"
 
         runner.background = OuterCompile(gm, values, {"size_asserts": False, **self._options()}, swap)
 

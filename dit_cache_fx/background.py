@@ -47,6 +47,8 @@ def not_eligible(values: list, group: str | None) -> str | None:
     if group is not None:
         return "a process group shares the decision (ranks would swap at different calls)"
     for v in values:
+        if _compat.is_tensor_subclass(v):
+            return "a tensor-subclass input (quantized weights?) the child could not rebuild"
         dims = (*v.shape, *v.stride()) if isinstance(v, torch.Tensor) else (v,) if isinstance(v, torch.SymInt) else ()
         if any(isinstance(d, torch.SymInt) for d in dims):
             return "dynamic shapes (the compiled code would be specialised to one size)"
@@ -72,9 +74,10 @@ class _Child:
 class OuterCompile:
     """One outer graph's background compile; `step(runner)` at the start of each of the runner's calls."""
 
-    def __init__(self, gm: GraphModule, values: list, options: dict, on_ready: Callable[[Callable], None]) -> None:
+    def __init__(self, gm: GraphModule, values: list, options: dict,
+                 on_done: Callable[[Callable | None], None]) -> None:
         self.gm, self.values, self.options = gm, values, options
-        self.on_ready = on_ready  # takes the compiled callable (the runner swaps it in)
+        self.on_done = on_done  # takes the compiled callable (the runner swaps it in), or None when it failed
         self.calls = 0
         self.done = False
         self.failure: str | None = None
@@ -84,7 +87,7 @@ class OuterCompile:
 
     def step(self) -> None:
         """Per call while not done: start the child on the second call, then poll it; swap when it is done."""
-        if not self._lock.acquire(blocking=False):  # another thread is at it
+        if self.done or not self._lock.acquire(blocking=False):  # finished, or another thread is at it
             return
         try:
             self.calls += 1
@@ -105,6 +108,8 @@ class OuterCompile:
                 return self.failure is None
             if self._child.proc is None:
                 self._start()
+                if self.done:
+                    return False
             if self._child.proc is not None:
                 try:
                     self._child.proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -154,13 +159,14 @@ class OuterCompile:
             return
         self.done = True
         child.close()
-        self.on_ready(compiled)
+        self.on_done(compiled)
         log.info("dit_cache_fx: the graph around the blocks now runs as inductor's code")
 
     def _fail(self, why: str, warn: bool) -> None:
         self.done, self.failure = True, why
         self._child.close()
         self.gm = self.values = None
+        self.on_done(None)
         message = (f"dit_cache_fx: compiling the graph around the blocks in the background failed: {why}; it keeps "
                    "running as its Python code (compile(..., outer=\"inductor\") compiles it in this process)")
         if warn:

@@ -210,8 +210,12 @@ def test_dynamic_and_regional_equal_cache_dit(mode):
     s = dit_cache_fx.summary(compiled)
     assert _compiled_calls(s, steps, cfg) == calls and s.pruned_blocks == pruned_blocks
     assert [o.double().sum().item() for o in outs] == pytest.approx(sums, rel=1e-5, abs=1e-3)
-    if mode == "regional":
-        assert {g.outer for g in handle(compiled).graphs} == {"python"}
+    if mode == "regional":  # and once the graph around the blocks runs compiled (outer="auto"), the same
+        assert dit_cache_fx.wait_compiled(compiled, timeout=600)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            outs = run_loop(compiled, m, steps=steps, cfg=cfg)
+        assert {g.outer for g in handle(compiled).graphs} == {"inductor"}
+        assert [o.double().sum().item() for o in outs] == pytest.approx(sums, rel=1e-5, abs=1e-3)
         return
     # another image size: the same graph, a fresh per-shape state, the oracle's decisions
     small = dataclasses.replace(m, make_inputs=lambda g: {**m.make_inputs(g), "hidden_states": torch.randn(

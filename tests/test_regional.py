@@ -104,7 +104,8 @@ def test_regional_on_more_models(name):
     torch._dynamo.reset()
     model = m.build()
     eager = extra_loop(model, m, steps=4)
-    compiled = dit_cache_fx.compile(model, cache=cache_config(m, "F1B0_W2_R0"), fullgraph=m.fullgraph, regional=True)
+    compiled = dit_cache_fx.compile(model, cache=cache_config(m, "F1B0_W2_R0"), fullgraph=m.fullgraph, regional=True,
+                                    outer="python")
     assert max_rel_err(extra_loop(compiled, m, steps=4), eager) <= m.rel_tol
     dit_cache_fx.configure(compiled, cache_config(m, "F1B0_W2_R1.0"))
     extra_loop(compiled, m, steps=4)
@@ -113,6 +114,77 @@ def test_regional_on_more_models(name):
                    for n in g.graph.nodes if n.target is torch.ops.dit_cache_fx.block.default)
     assert (outlined == 0) == (name == "mochi")
     assert {g.outer for g in handle(compiled).graphs} == {"inductor" if name == "mochi" else "python"}
+
+
+def test_outer_auto_swaps_in_the_code_compiled_in_the_background():
+    """The default `outer="auto"`: the first calls run the graph around the blocks as FX code while a child
+    process compiles it; then it runs as inductor's code — below Dynamo (no recompile, no graph break), with
+    the same outputs and cached steps."""
+    torch._dynamo.reset()
+    m = MODELS["flux"]
+    model = m.build()
+    eager = run_loop(model, m, steps=STEPS)
+    spec = dit_cache_fx.CacheConfig.parse("F1B1_W2MC2_R1.0")
+    refs, ora = oracle_run(model, m, spec, steps=STEPS)
+    compiled = dit_cache_fx.compile(model, cache=spec.replace(residual_diff_threshold=0.0), regional=True,
+                                    fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert max_rel_err(run_loop(compiled, m, steps=STEPS), eager) <= 1e-5
+        (info,) = handle(compiled).graphs
+        assert info.runner.compiled is info.record.gm or info.outer == "inductor"  # FX code until swapped
+        assert dit_cache_fx.wait_compiled(compiled, timeout=600)
+        assert info.outer == "inductor" and info.runner.compiled is not info.record.gm
+        assert max_rel_err(run_loop(compiled, m, steps=STEPS), eager) <= 1e-5
+        dit_cache_fx.configure(compiled, residual_diff_threshold=1.0)
+        outs = run_loop(compiled, m, steps=STEPS)
+    assert dit_cache_fx.summary(compiled).cached_steps == ora.cached_steps()
+    assert max_rel_err(outs, refs) <= 1e-4
+    assert "the graph around them compiled by inductor" in str(dit_cache_fx.explain(compiled))
+    from torch._dynamo.utils import counters
+    assert len(counters["graph_break"]) == 0 and len(handle(compiled).graphs) == 1
+
+
+def test_outer_auto_keeps_the_fx_code_when_the_background_compile_fails(monkeypatch):
+    """A child that fails leaves the graph as FX code (correct, slower), said once in a warning."""
+    import sys
+
+    from dit_cache_fx import background
+
+    monkeypatch.setattr(background, "worker_command",
+                        lambda: [sys.executable, "-c", "import sys; print('no compiler here'); sys.exit(3)"])
+    torch._dynamo.reset()
+    m = MODELS["flux"]
+    model = m.build()
+    eager = run_loop(model, m, steps=4)
+    compiled = dit_cache_fx.compile(model, cache="F1B1_R0", regional=True, fullgraph=True)
+    assert max_rel_err(run_loop(compiled, m, steps=4), eager) <= 1e-5
+    with pytest.warns(UserWarning, match="in the background failed: the compiling process exited with status 3: "
+                                         "no compiler here; it keeps running as its Python code"):
+        assert not dit_cache_fx.wait_compiled(compiled, timeout=120)
+    (info,) = handle(compiled).graphs
+    assert info.outer == "python" and info.runner.compiled is info.record.gm and info.runner.background is None
+    assert not dit_cache_fx.wait_compiled(compiled)  # said once: no second warning, nothing restarted
+    assert max_rel_err(run_loop(compiled, m, steps=4), eager) <= 1e-5
+
+
+def test_outer_auto_is_not_started_where_a_compiled_artifact_would_be_wrong():
+    """Symbolic sizes (the artifact would be specialised), a process group (ranks would swap at different
+    calls) and tensor-subclass inputs keep the graph as FX code."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    from dit_cache_fx.background import not_eligible
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    static = mode.from_tensor(torch.randn(2, 3), symbolic_context=StatelessSymbolicContext(
+        dynamic_sizes=[DimDynamic.STATIC, DimDynamic.STATIC]))
+    dynamic = mode.from_tensor(torch.randn(2, 3), symbolic_context=StatelessSymbolicContext(
+        dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC]))
+    assert not_eligible([static, 3], None) is None
+    assert "dynamic shapes" in not_eligible([static, dynamic], None)
+    assert "process group" in not_eligible([static], "cp_group")
+    from torch.testing._internal.two_tensor import TwoTensor
+    assert "tensor-subclass" in not_eligible([TwoTensor(torch.ones(2), torch.ones(2))], None)
 
 
 def test_cuda_graph_modes_say_regional_mode_uses_none():
