@@ -2,7 +2,8 @@
 
     python bench/bench_host.py                 # both modes, the peer bench's tiny model, threshold 0
     python bench/bench_host.py --real          # the same calls with the graphs running (both modes, and
-                                               #   regional mode with outer="inductor")
+                                               #   regional mode with outer="auto" after its background
+                                               #   compile, and outer="inductor")
     python bench/bench_host.py --cached        # a cached step on the medium model against its bound
     python bench/bench_host.py --profile       # and a cProfile of our calls (whole graph; with --real, regional)
 
@@ -91,11 +92,14 @@ def host(a) -> None:
     torch.set_num_threads(1)
     model, inputs = build(SIZES["tiny"])
     routes = {"torch.compile": plain(model), "dit_cache_fx": ours(model),
-              "dit_cache_fx regional": ours(model, regional=True)}
-    if a.real:
+              "dit_cache_fx regional": ours(model, regional=True, outer="python")}
+    if a.real:  # the default outer="auto" once its background compile is in (`wait_compiled`)
+        routes["dit_cache_fx regional, outer=auto"] = ours(model, regional=True)
         routes["dit_cache_fx regional, outer=inductor"] = ours(model, regional=True, outer="inductor")
     for name, (m, stubs) in routes.items():
         calls(m, inputs, 4)  # compile
+        if name.endswith("outer=auto"):
+            assert dit_cache_fx.wait_compiled(m, timeout=600), "the background compile failed"
         if name.startswith("dit_cache_fx") and not a.real:
             stub_ours(m, stubs)
         for s in stubs:

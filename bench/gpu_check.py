@@ -703,11 +703,16 @@ def run_dcf_cached(ctx: Ctx, flux: Flux, holder: dict, regional: bool = False) -
     m = holder.get("dcf regional" if regional else "dcf")
     if m is None:
         raise RuntimeError("needs the threshold-0 compile of the row above, which did not run")
+    glue = ""
+    if regional:  # outer="auto": the graph around the blocks, compiled by a child process, swapped in first
+        t0 = time.perf_counter()
+        glue = (f"glue compiled in the background: {dit_cache_fx.wait_compiled(m, timeout=300)} "
+                f"(waited {time.perf_counter() - t0:.1f} s); ")
     dit_cache_fx.configure(m, cached_spec(flux.size.steps))  # runtime fields only: the same graphs
     dit_cache_fx.reset(m)
     before = unique_graphs()
     r = measure(ctx, m, flux, first_call=False, cached_of=lambda: dit_cache_fx.summary(m).cached_steps)
-    r.note = notes(f"configure() on the compiled model: {unique_graphs() - before} new graphs", r.note)
+    r.note = notes(f"{glue}configure() on the compiled model: {unique_graphs() - before} new graphs", r.note)
     return r
 
 
@@ -881,7 +886,7 @@ def cache_notes(flux: Flux) -> list[str]:
             "max |x_ref| of the final latents against eager (uncached variants) or the eager oracle with the same "
             "spec (cached variants). The cached dit_cache_fx row is the threshold-0 compile reconfigured with "
             "`dit_cache_fx.configure` (runtime fields only), so it reuses its graphs; the `regional` rows are the "
-            "same with `compile(..., regional=True)` (block code per distinct block, the glue uncompiled). "
+            "same with `compile(..., regional=True)` (block code per distinct block; the glue as FX code on the threshold-0 row, compiled in a child process and swapped in before the cached row). "
             "cache-dit runs last, "
             "patched into the same model (transformer-only `BlockAdapter`, both block lists Pattern_1, "
             "`DBCacheConfig(num_inference_steps=S, ...)` with the same F/W/MC/R); its MC counts differ from "

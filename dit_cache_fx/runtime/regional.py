@@ -9,8 +9,9 @@ every cond's compute branch (Mn) — by one call of the opaque op
 inductor config): the instances of one block class share one key, so inductor compiles each distinct block
 once (on its first call). The outer graph — embeddings, the cache's decision and cond, the model's tail —
 stays one Dynamo graph with no graph break; with every block outlined it runs as its FX code, uncompiled,
-as regional compilation leaves the glue eager (`compile(..., outer="python")`, the default), or compiled by
-inductor, the block calls in its code (`outer="inductor"`, and always when a block had to stay inline).
+as regional compilation leaves the glue eager (`compile(..., outer="python")`), or compiled by inductor, the
+block calls in its code (`outer="inductor"`, and always when a block had to stay inline), or first the one and
+then the other, once a child process has compiled it (`outer="auto"`, the default: `background.py`).
 Nothing fuses across a block boundary (the cost regional compilation always has); the cond still decides
 in the graph.
 
