@@ -172,5 +172,7 @@ def _compilation(handle) -> str:
              if isinstance(gm, torch.fx.GraphModule) for n in gm.graph.nodes
              if n.target is torch.ops.dit_cache_fx.block.default]
     around = {"python": "runs as FX code", "inductor": "compiled by inductor"}
-    outer = " / ".join(dict.fromkeys(around[g.outer] for g in handle.graphs))
+    pending = " (until its compile in a child process is in: outer=\"auto\")"
+    outer = " / ".join(dict.fromkeys(around[g.outer] + (pending if getattr(g.runner, "background", None) else "")
+                                     for g in handle.graphs))
     return f"regional: {len(set(calls))} block codes for {len(calls)} blocks; the graph around them {outer}"
