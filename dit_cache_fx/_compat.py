@@ -585,10 +585,7 @@ class _FunctionByName:
     def unpickle(self, unpickle_state: object) -> object:
         import importlib
 
-        obj = importlib.import_module(self.module)
-        for part in self.qualname.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return _attr(importlib.import_module(self.module), self.qualname)
 
 
 def unpickle_graph(data: bytes) -> tuple[torch.fx.GraphModule, list, Any]:

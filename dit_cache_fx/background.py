@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -72,7 +71,7 @@ class _Child:
 
 
 class OuterCompile:
-    """One outer graph's background compile; `step(runner)` at the start of each of the runner's calls."""
+    """One outer graph's background compile; `step()` at the start of each of the runner's calls."""
 
     def __init__(self, gm: GraphModule, values: list, options: dict,
                  on_done: Callable[[Callable | None], None]) -> None:
@@ -102,32 +101,22 @@ class OuterCompile:
     def wait(self, timeout: float | None = None) -> bool:
         """Start the child if it is not running, wait for it (at most `timeout` seconds) and swap its code in.
         True when the compiled code is in place."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            if not self.done and self._child.proc is None:
+                self._start()
             if self.done:
                 return self.failure is None
-            if self._child.proc is None:
-                self._start()
-                if self.done:
-                    return False
-            if self._child.proc is not None:
-                try:
-                    self._child.proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    return False
-                self._finish()
-            return self.done and self.failure is None
-
-    def close(self) -> None:
-        with self._lock:
-            self._child.close()
-            if not self.done:
-                self.done, self.failure = True, "closed"
+            try:
+                self._child.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            self._finish()
+            return self.failure is None
 
     def _start(self) -> None:
         child = self._child
         try:
-            blocks = regional.output_specs(_block_keys(self.gm))
+            blocks = regional.output_specs(set(regional.block_calls(self.gm)))
             payload = {"graph": _compat.pickle_graph(self.gm, self.values), "blocks": blocks,
                        "options": self.options, "modules": sorted(m for m in sys.modules if m.startswith(__package__))}
         except Exception as e:  # e.g. a tensor subclass input the pickler cannot describe
@@ -181,12 +170,6 @@ class OuterCompile:
 def worker_command() -> list[str]:
     """The child's command line, before its two arguments (the payload and where to save the artifact)."""
     return [sys.executable, "-m", f"{__package__}.background"]
-
-
-def _block_keys(gm: GraphModule) -> set[int]:
-    op = torch.ops.dit_cache_fx.block.default
-    return {n.args[1] for m in gm.modules() if isinstance(m, GraphModule)
-            for n in m.graph.nodes if n.op == "call_function" and n.target is op}
 
 
 def _package_root() -> str:

@@ -16,6 +16,7 @@ import torch
 
 from . import _compat
 from .api import compiled_modules, handle_of, is_pipeline
+from .runtime import regional
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -168,9 +169,7 @@ def _compilation(handle) -> str:
     if not handle.regional:
         return "whole graph by inductor"
     graphs = [g.record.gm for g in handle.graphs if g.record.gm is not None]
-    calls = [n.args[1] for top in graphs for gm in [top, *top.children()]
-             if isinstance(gm, torch.fx.GraphModule) for n in gm.graph.nodes
-             if n.target is torch.ops.dit_cache_fx.block.default]
+    calls = [key for gm in graphs for key in regional.block_calls(gm)]
     around = {"python": "runs as FX code", "inductor": "compiled by inductor"}
     pending = " (until its compile in a child process is in: outer=\"auto\")"
     outer = " / ".join(dict.fromkeys(around[g.outer] + (pending if getattr(g.runner, "background", None) else "")

@@ -164,6 +164,12 @@ def block(inputs: list[Tensor], key: int, slots: list[int], path: str) -> list[T
         return BLOCKS[key](_gather(frame.args, inputs, slots))
 
 
+def block_calls(gm: GraphModule) -> list[int]:
+    """The block-code key of every `dit_cache_fx::block` call in `gm` and its subgraphs (cond branches)."""
+    op = torch.ops.dit_cache_fx.block.default
+    return [n.args[1] for m in gm.modules() if isinstance(m, GraphModule) for n in m.graph.nodes if n.target is op]
+
+
 def output_specs(keys: Iterable[int]) -> dict[int, tuple]:
     """Each block code's outputs (shape, dtype, device): what a process compiling a graph that calls them needs
     (`background.py`; `adopt_output_specs` there)."""
