@@ -169,6 +169,44 @@ def test_outer_auto_keeps_the_fx_code_when_the_background_compile_fails(monkeypa
     assert max_rel_err(run_loop(compiled, m, steps=4), eager) <= 1e-5
 
 
+def test_outer_auto_swaps_while_two_threads_generate():
+    """Two threads generate back to back while a third waits for the background compile: the swap lands at a
+    call boundary of each thread (no call runs half FX code, half compiled code), every generation matches
+    eager, and nothing recompiles."""
+    import threading
+
+    torch._dynamo.reset()
+    m = MODELS["flux"]
+    model = m.build()
+    eager = {seed: run_loop(model, m, steps=4, seed=seed) for seed in (0, 1)}
+    compiled = dit_cache_fx.compile(model, cache="F1B1_R0", regional=True, fullgraph=True)
+    run_loop(compiled, m, steps=4)  # compiles the blocks; the second call started the child
+    (info,) = handle(compiled).graphs
+    outs, errors, started = {0: [], 1: []}, [], threading.Barrier(3)
+
+    def generate(seed):
+        try:
+            started.wait(timeout=60)
+            while info.outer != "inductor" and len(outs[seed]) < 200:
+                outs[seed].append(run_loop(compiled, m, steps=4, seed=seed))
+            outs[seed].append(run_loop(compiled, m, steps=4, seed=seed))  # one generation after the swap
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=generate, args=(seed,)) for seed in (0, 1)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for t in threads:
+            t.start()
+        started.wait(timeout=60)
+        assert dit_cache_fx.wait_compiled(compiled, timeout=600)
+        for t in threads:
+            t.join(timeout=600)
+    assert not errors and all(not t.is_alive() for t in threads), errors
+    assert info.outer == "inductor" and len(handle(compiled).graphs) == 1
+    for seed, runs in outs.items():
+        assert len(runs) >= 2 and max(max_rel_err(run, eager[seed]) for run in runs) <= 1e-5
+
+
 def test_outer_auto_is_not_started_where_a_compiled_artifact_would_be_wrong():
     """Symbolic sizes (the artifact would be specialised), a process group (ranks would swap at different
     calls) and tensor-subclass inputs keep the graph as FX code."""
