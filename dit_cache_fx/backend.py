@@ -86,7 +86,7 @@ class CacheBackend:
         h = self.handle
         outlined = outline_graph(gm, {p: i for i, p in enumerate(inputs)}, self._options())
         check_graph(gm)  # lint of the graph and its branches, no aliased cond operands
-        regional.own(h, outlined.keys)
+        regional.own(h, outlined.codes)
         kept = [i for i in drop_unused_inputs(gm, len(inputs)) if i < len(inputs)]
         return kept, outlined.inline == 0 and h.outer != "inductor"
 

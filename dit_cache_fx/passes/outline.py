@@ -55,7 +55,7 @@ class _Site:
 class Outlined(NamedTuple):
     outlined: int  # blocks now calls of their block code
     inline: int  # blocks left as they were (a non-tensor input, symbolic or data-dependent sizes)
-    keys: frozenset = frozenset()  # the block codes the graph calls (`regional.BLOCKS`)
+    codes: Mapping = {}  # key -> code of the block codes the graph calls (`regional.BLOCKS`; `regional.own` them)
 
 
 def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping | None = None) -> Outlined:
@@ -92,7 +92,7 @@ def outline_graph(gm: GraphModule, slots: Mapping[Node, int], options: Mapping |
         gm.graph.lint()
         gm.recompile()
     inline = {b[0] for g in graphs for n in g.graph.nodes if n.op.startswith("call") and (b := node_block(n))}
-    return Outlined(len(sites), len(inline), frozenset(key for key, _ in codes.values()))
+    return Outlined(len(sites), len(inline), {key: code for key, code, _ in codes.values()})
 
 
 def _mutated(p: Node) -> bool:
@@ -145,12 +145,12 @@ def insertion_point(graph: Graph, block: Block) -> Node | None:
     return at
 
 
-def _replace(site: _Site, key: int, picks: list[int]) -> None:
-    """Replace the block's nodes by one call of code `key`, reading its outputs `picks`."""
+def _replace(site: _Site, key: int, code: regional.BlockCode, picks: list[int]) -> None:
+    """Replace the block's nodes by one call of `code` (key `key`), reading its outputs `picks`."""
     graph, block, slots = site.gm.graph, site.block, site.slots
     ins, outs = block.inputs, block.outputs
     with _compat.fake_mode_of(site.values):  # what the op returns: fresh row-major tensors
-        results = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in regional.BLOCKS[key].outputs]
+        results = [torch.empty(shape, dtype=dtype, device=device) for shape, dtype, device in code.outputs]
     tensors = [n for n in ins if n not in slots]
     where = [slots.get(n, -1) for n in ins]
     with graph.inserting_before(insertion_point(graph, block)):
@@ -203,19 +203,21 @@ def prune_cond_operands(gm: GraphModule, cond: Node) -> None:
 # block code
 
 
-def _code_for(site: _Site, options: tuple) -> tuple[int, list[int]]:
-    """The key of the code that computes this block, and which of its outputs are the block's."""
+def _code_for(site: _Site, options: tuple) -> tuple[int, regional.BlockCode, list[int]]:
+    """The key and code that compute this block, and which of its outputs are the block's. The caller holds
+    the code itself: its last owner may die (and the table drop it) before the new graph owns it."""
     raw, values, out_values, inputs = site.raw, site.values, site.out_values, site.inputs
     signature = "\n".join([*inputs, *_code_lines(raw)])
     for key, code in regional.codes():  # an existing code that computes these outputs and more
         if code.inputs == inputs and code.options == options and len(code.outputs) > len(out_values):
             picks = _subset_matching(code.raw, len(out_values), signature, inputs)
             if picks is not None:
-                return key, picks
+                return key, code, picks
     gm = _contiguous_outputs(raw, values, out_values)
     outputs = tuple((tuple(v.shape), v.dtype, v.device) for v in out_values)
     code = regional.BlockCode(gm, raw, inputs, outputs, options)
-    return regional.register(f"{options}\n{signature}", code), list(range(len(out_values)))
+    key, code = regional.register(f"{options}\n{signature}", code)
+    return key, code, list(range(len(out_values)))
 
 
 def _subset_matching(raw: GraphModule, k: int, signature: str, inputs: tuple[str, ...]) -> list[int] | None:

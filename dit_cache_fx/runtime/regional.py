@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -78,25 +78,29 @@ _NEXT = itertools.count()
 _FRAMES = threading.local()
 
 
-def register(signature: str, code: BlockCode) -> int:
-    """The key of the block code with this signature (registered on first sight)."""
+def register(signature: str, code: BlockCode) -> tuple[int, BlockCode]:
+    """The key and code of the block code with this signature (`code` registered on first sight)."""
     with _LOCK:
         key = _KEYS.get(signature)
         if key is None:
             key = _KEYS[signature] = next(_NEXT)
             BLOCKS[key] = code
             code.signature = signature
-        return key
+        return key, BLOCKS[key]
 
 
-def own(owner: object, keys: Iterable[int]) -> None:
-    """`owner` (a compiled module's handle) calls these block codes: they live while some owner does."""
+def own(owner: object, codes: Mapping[int, BlockCode]) -> None:
+    """`owner` (a compiled module's handle) calls these block codes (key -> code): they live while some owner
+    does. A code whose last owner died since the caller found it (the outlining of a new graph while an old
+    model is collected) goes back into the table under its key."""
     with _LOCK:
         mine = _OWNED.get(id(owner))
         if mine is None:
             mine = _OWNED[id(owner)] = set()
             weakref.finalize(owner, _disown, id(owner))
-        for key in keys:
+        for key, code in codes.items():
+            if BLOCKS.setdefault(key, code) is code:
+                _KEYS.setdefault(code.signature, key)
             mine.add(key)
             _OWNERS.setdefault(key, set()).add(id(owner))
 
@@ -118,8 +122,8 @@ def _disown(owner_id: int) -> None:
             if not owners:
                 _OWNERS.pop(key, None)
                 code = BLOCKS.pop(key, None)
-                if code is not None:
-                    _KEYS.pop(code.signature, None)
+                if code is not None and _KEYS.get(code.signature) == key:
+                    del _KEYS[code.signature]
 
 
 def codes() -> list[tuple[int, BlockCode]]:
