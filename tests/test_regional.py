@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import dit_cache_fx
+from dit_cache_fx.runtime import regional
 
 from helpers import handle, max_rel_err, oracle_run
 from tiny_models import MODELS, run_loop
@@ -18,13 +19,8 @@ STEPS = 8
 
 
 def _block_calls(compiled) -> collections.Counter:
-    """Outlined block calls per block-code key, over the graph and its cond compute branches."""
-    calls = collections.Counter()
-    for info in handle(compiled).graphs:
-        gm = info.record.gm
-        for g in [gm, *(getattr(gm, f"{r.rid}_compute") for r in info.record.regions)]:
-            calls.update(n.args[1] for n in g.graph.nodes if n.target is torch.ops.dit_cache_fx.block.default)
-    return calls
+    """Outlined block calls per block-code key, over the graphs and their cond branches."""
+    return collections.Counter(key for info in handle(compiled).graphs for key in regional.block_calls(info.record.gm))
 
 
 @pytest.mark.parametrize("name, distinct, outer", [
@@ -110,9 +106,7 @@ def test_regional_on_more_models(name):
     dit_cache_fx.configure(compiled, cache_config(m, "F1B0_W2_R1.0"))
     extra_loop(compiled, m, steps=4)
     assert all(r.cached_steps == [2, 3] for r in dit_cache_fx.summary(compiled).regions.values())
-    outlined = sum(1 for info in handle(compiled).graphs for g in [info.record.gm, *info.record.gm.children()]
-                   for n in g.graph.nodes if n.target is torch.ops.dit_cache_fx.block.default)
-    assert (outlined == 0) == (name == "mochi")
+    assert (sum(_block_calls(compiled).values()) == 0) == (name == "mochi")
     assert {g.outer for g in handle(compiled).graphs} == {"inductor" if name == "mochi" else "python"}
 
 
@@ -243,7 +237,6 @@ def test_a_block_code_whose_last_owner_dies_while_another_graph_outlines_it_stay
     import gc
 
     from dit_cache_fx.passes import outline
-    from dit_cache_fx.runtime import regional
 
     torch._dynamo.reset()
     m = MODELS["flux"]
